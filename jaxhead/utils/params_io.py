@@ -18,15 +18,15 @@ PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dict of arrays -> ``{"a/b/c": array}``."""
-    out: dict[str, np.ndarray] = {}
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a/b/c": leaf}`` (leaves unchanged)."""
+    out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
             out.update(flatten(v, key + "/"))
         else:
-            out[key] = np.asarray(v)
+            out[key] = v
     return out
 
 
@@ -53,7 +53,7 @@ def save_params(directory: str | os.PathLike, params: Mapping[str, Any],
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    flat = {k: np.ascontiguousarray(v) for k, v in flatten(params).items()}
+    flat = {k: np.array(v, order="C") for k, v in flatten(params).items()}  # keeps 0-d shapes
     tmp_p, tmp_c = d / (PARAMS_FILE + ".tmp"), d / (CONFIG_FILE + ".tmp")
     save_file(flat, str(tmp_p))
     tmp_c.write_text(json.dumps(config, indent=1, sort_keys=True))

@@ -1,0 +1,133 @@
+"""PanoHead in JAX: ``G, params = load_panohead(dir)``; ``G.mapping``; ``G.synthesis``.
+
+``params`` is the Flax variables dict ``{"params": ..., "buffers": ...}``: trainable-capable
+parameters under ``params``, the ``w_avg`` and ``noise_const`` buffers under ``buffers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxhead.models.panohead.generator import PanoHeadConfig, TriPlaneGenerator
+from jaxhead.utils import params_io
+
+__all__ = ["PanoHead", "PanoHeadConfig", "TriPlaneGenerator", "load_panohead", "save_panohead",
+           "FORMAT"]
+
+FORMAT = "jaxhead.panohead/1"
+CONVERT_HINT = "python -m convert_weights.panohead SRC.pkl DST"
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PanoHead:
+    """A PanoHead generator: configuration + Flax module; every method is pure in ``params``."""
+
+    config: PanoHeadConfig
+
+    @functools.cached_property
+    def module(self) -> TriPlaneGenerator:
+        return TriPlaneGenerator(self.config)
+
+    @property
+    def num_ws(self) -> int:
+        return self.config.num_ws
+
+    def init(self, rng: jax.Array) -> Params:
+        """Random parameters (PyTorch-like init: N(0, 1) raw weights, zero biases, affine bias 1).
+
+        Note the random model renders little (zero noise strengths, zero biases); tests and demos
+        perturb it, see :func:`jaxhead.models.panohead.demo.demo_params`.
+        """
+        z = jnp.zeros((1, self.config.z_dim), jnp.float32)
+        c = jnp.zeros((1, self.config.c_dim), jnp.float32)
+        return dict(self.module.init({"params": rng}, z, c))
+
+    def param_shapes(self) -> Params:
+        """Shapes/dtypes of :meth:`init`'s result, without computing anything."""
+        return jax.eval_shape(self.init, jax.random.key(0))
+
+    def mapping(self, params: Params, z: jax.Array, c: jax.Array, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None) -> jax.Array:
+        """z ``[N, z_dim]``, conditioning camera c ``[N, 25]`` -> ws ``[N, num_ws, w_dim]``."""
+        return self.module.apply(params, z, c, truncation_psi, truncation_cutoff,
+                                 method=TriPlaneGenerator.mapping)
+
+    def planes(self, params: Params, ws: jax.Array, *, noise_mode: str = "const",
+               rng: jax.Array | None = None) -> jax.Array:
+        """ws -> tri-grid backbone output ``[N, T, T, 96 * depth]`` (NHWC)."""
+        rngs = _rngs(rng, noise_mode, deterministic=True)
+        return self.module.apply(params, ws, noise_mode, rngs=rngs,
+                                 method=TriPlaneGenerator.planes)
+
+    def synthesis(self, params: Params, ws: jax.Array, c: jax.Array, *,
+                  noise_mode: str = "const", deterministic: bool = False,
+                  rng: jax.Array | None = None, neural_rendering_resolution: int | None = None,
+                  background: bool = True, planes: jax.Array | None = None
+                  ) -> dict[str, jax.Array]:
+        """Render ws ``[N, num_ws, 512]`` from cameras c ``[N, 25]``.
+
+        Args:
+          noise_mode: backbone noise, ``"random"`` (needs ``rng``), ``"const"`` or ``"none"``.
+          deterministic: stratified jitter 0.5 and ``u = linspace(0, 1, K)`` importance samples;
+            otherwise ``rng`` drives both.
+          background: composite the background network (the official distillation renders
+            without it).
+          planes: reuse precomputed backbone planes (from :meth:`planes`).
+        Returns dict of NHWC arrays: ``image`` [N, 512, 512, 3] (about [-1, 1]), ``image_raw``
+        [N, r, r, 3], ``image_depth`` [N, r, r, 1] (world units), ``image_mask`` [N, r, r, 1],
+        ``image_feature`` [N, r, r, 32], ``planes`` [N, T, T, 96 * depth].
+        """
+        res = neural_rendering_resolution or self.config.neural_rendering_resolution
+        rngs = _rngs(rng, noise_mode, deterministic)
+        if planes is None:
+            return self.module.apply(params, ws, c, neural_rendering_resolution=res,
+                                     noise_mode=noise_mode, deterministic=deterministic,
+                                     background=background, rngs=rngs,
+                                     method=TriPlaneGenerator.synthesis)
+        out = self.module.apply(params, planes, ws, c, neural_rendering_resolution=res,
+                                noise_mode=noise_mode, deterministic=deterministic,
+                                background=background, rngs=rngs,
+                                method=TriPlaneGenerator.render_planes)
+        out["planes"] = planes
+        return out
+
+
+def _rngs(rng: jax.Array | None, noise_mode: str, deterministic: bool) -> dict[str, jax.Array]:
+    needs_rng = noise_mode == "random" or not deterministic
+    if rng is None:
+        if needs_rng:
+            raise ValueError("pass rng=key for noise_mode='random' or deterministic=False")
+        return {}
+    k_noise, k_render = jax.random.split(rng)
+    return {"noise": k_noise, "render": k_render}
+
+
+def save_panohead(directory: str | os.PathLike, G: PanoHead, params: Params,
+                  extra: dict[str, Any] | None = None) -> None:
+    """Write ``params`` (variables dict) + config in the format :func:`load_panohead` reads."""
+    cfg = {"format": FORMAT, "panohead": G.config.to_dict(), **(extra or {})}
+    params_io.save_params(directory, jax.device_get(params), cfg)
+
+
+def load_panohead(directory: str | os.PathLike) -> tuple[PanoHead, Params]:
+    """Load a converted generator directory (``params.safetensors`` + ``config.json``).
+
+    Returns ``(G, params)`` with params as jnp arrays; the parameter tree is checked against the
+    configuration and mismatches are reported by name.
+    """
+    flat_params, cfg = params_io.load_params(directory, what="PanoHead generator",
+                                             convert_hint=CONVERT_HINT)
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{os.fspath(directory)!r}: config.json format is "
+                         f"{cfg.get('format')!r}, expected {FORMAT!r}. {CONVERT_HINT}")
+    G = PanoHead(PanoHeadConfig.from_dict(cfg["panohead"]))
+    params_io.check_tree(flat_params, G.param_shapes(), what="PanoHead parameters")
+    return G, jax.tree.map(jnp.asarray, flat_params)
