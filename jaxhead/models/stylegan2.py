@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxhead.ops.upfirdn import conv2d, conv2d_up2, setup_filter, upsample2d
+from jaxhead.ops.upfirdn import conv2d, conv2d_up2, upsample2d
 
 NOISE_MODES = ("random", "const", "none")
 _SQRT2 = math.sqrt(2.0)
@@ -106,8 +106,7 @@ class MappingNetwork(nn.Module):
 
 
 def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, *,
-                     demodulate: bool = True, up: int = 1, padding: int = 0,
-                     resample_filter: np.ndarray | None = None) -> jax.Array:
+                     demodulate: bool = True, up: int = 1, padding: int = 0) -> jax.Array:
     """StyleGAN2 modulated convolution, batched without grouped convs.
 
     ``x * styles -> conv(weight) -> * dcoefs``, which equals the fused grouped form of the
@@ -117,7 +116,7 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, *,
     if up == 1:
         y = conv2d(x, weight, padding)
     else:
-        y = conv2d_up2(x, weight, resample_filter, padding)
+        y = conv2d_up2(x, weight, padding=padding)
     if demodulate:
         wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [I, O]
         dcoefs = jax.lax.rsqrt(jnp.matmul(jnp.square(styles), wsq,
@@ -157,8 +156,7 @@ class SynthesisLayer(nn.Module):
                                           x.dtype) * strength
             elif noise_mode == "const":
                 noise = (noise_const.value * strength)[None, :, :, None]
-        x = modulated_conv2d(x, weight, styles, up=self.up, padding=k // 2,
-                             resample_filter=setup_filter())
+        x = modulated_conv2d(x, weight, styles, up=self.up, padding=k // 2)
         if noise is not None:
             x = x + noise.astype(x.dtype)
         return bias_act(x, bias, "lrelu", clamp=self.conv_clamp)
@@ -217,7 +215,7 @@ class SynthesisBlock(nn.Module):
             x = SynthesisLayer(self.out_channels, self.out_channels, name="conv1", **kw)(
                 x, ws[:, 1], noise_mode)
         if img is not None:
-            img = upsample2d(img, setup_filter())
+            img = upsample2d(img)
         y = ToRGBLayer(self.out_channels, self.img_channels, self.w_dim,
                        conv_clamp=self.conv_clamp, name="torgb")(x, ws[:, self.num_conv])
         img = y if img is None else img + y

@@ -34,16 +34,19 @@ def resize_matrix(in_size: int, out_size: int, *, align_corners: bool = False,
                 w = w / w.sum()
             m[i, xmin:xmax] = w
         return m.astype(np.float32)
+    # Source coordinates in float32, as PyTorch's kernels compute them.
+    f32 = np.float32
+    i = np.arange(out_size, dtype=f32)
     if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        src = np.arange(out_size) * scale
+        scale = f32((in_size - 1) / (out_size - 1)) if out_size > 1 else f32(0.0)
+        src = i * scale
     else:
-        scale = in_size / out_size
-        src = np.maximum((np.arange(out_size) + 0.5) * scale - 0.5, 0.0)
+        scale = f32(in_size / out_size)
+        src = np.maximum(scale * (i + f32(0.5)) - f32(0.5), f32(0.0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    l1 = src - i0
-    l0 = 1.0 - l1
+    l1 = (src - i0.astype(f32)).astype(f32)
+    l0 = f32(1.0) - l1
     rows = np.arange(out_size)
     np.add.at(m, (rows, i0), l0)
     np.add.at(m, (rows, i1), l1)

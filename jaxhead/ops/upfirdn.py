@@ -3,10 +3,15 @@
 NHWC, pure JAX. Semantics follow the reference (``_ref``) PyTorch implementations:
 ``upfirdn2d`` = zero-insert upsample, pad (negative = crop), convolve with the flipped filter,
 decimate. Only what PanoHead uses is implemented: up-sampling by 2 and plain convolutions.
+
+Everything is written with ordinary convolutions and shifted-slice sums (separable FIR
+filters), no dilated or grouped convolutions: XLA's CPU backend runs those (and especially
+their gradients) on slow generic paths, while these forms are fast on every backend.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -14,23 +19,33 @@ import jax.numpy as jnp
 import numpy as np
 
 _DN = ("NHWC", "HWIO", "NHWC")
+FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
 
 
-def setup_filter(taps: Sequence[float] = (1, 3, 3, 1), gain: float = 1.0) -> np.ndarray:
-    """Separable taps -> normalized 2-D FIR filter ``[fh, fw]`` (sum = ``gain``)."""
-    f = np.asarray(taps, dtype=np.float64)
-    f = np.outer(f, f) if f.ndim == 1 else f
-    f = f / f.sum() * gain
-    return f.astype(np.float32)
+def setup_filter(taps: Sequence[float] = FIR_TAPS) -> np.ndarray:
+    """Separable taps -> normalized 2-D FIR filter ``[fh, fw]`` (sum 1), as the reference."""
+    f = np.outer(np.asarray(taps, np.float64), np.asarray(taps, np.float64))
+    return (f / f.sum()).astype(np.float32)
 
 
-def upfirdn2d(x: jax.Array, f: np.ndarray, *, up: int = 1, down: int = 1,
+def _fir_1d(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
+    """VALID correlation with ``taps`` along ``axis`` as a sum of shifted slices."""
+    n_out = x.shape[axis] - len(taps) + 1
+    out = None
+    for k, t in enumerate(taps):
+        term = jax.lax.slice_in_dim(x, k, k + n_out, axis=axis) * np.asarray(t, x.dtype)
+        out = term if out is None else out + term
+    return out
+
+
+def upfirdn2d(x: jax.Array, taps: Sequence[float] = FIR_TAPS, *, up: int = 1, down: int = 1,
               padding: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0) -> jax.Array:
-    """Upsample (zero insertion), pad/crop, FIR filter, downsample.
+    """Upsample (zero insertion), pad/crop, separable FIR filter, downsample.
 
     Args:
       x: ``[N, H, W, C]``.
-      f: 2-D filter ``[fh, fw]`` (numpy, a constant).
+      taps: 1-D filter taps; the 2-D filter is their outer product normalized to sum 1
+        (``setup_filter``), scaled by ``gain``.
       padding: ``(x0, x1, y0, y1)`` with respect to the upsampled image; negative crops.
     Returns ``[N, H', W', C]``.
     """
@@ -42,53 +57,111 @@ def upfirdn2d(x: jax.Array, f: np.ndarray, *, up: int = 1, down: int = 1,
         x = x.reshape(n, h * up, w * up, c)
     x = jnp.pad(x, ((0, 0), (max(py0, 0), max(py1, 0)), (max(px0, 0), max(px1, 0)), (0, 0)))
     x = x[:, max(-py0, 0): x.shape[1] - max(-py1, 0), max(-px0, 0): x.shape[2] - max(-px1, 0)]
-    # Convolution with the flipped filter (the reference calls conv2d, i.e. correlation, with
-    # the filter flipped); depthwise over channels.
-    fk = (np.asarray(f, np.float32) * (gain ** (f.ndim / 2)))[::-1, ::-1]
-    k = jnp.asarray(np.ascontiguousarray(fk), x.dtype)[:, :, None, None]
-    k = jnp.tile(k, (1, 1, 1, c))
-    x = jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=_DN,
-                                     feature_group_count=c)
+    t = np.asarray(taps, np.float64)
+    t = (t / t.sum() * np.sqrt(gain))[::-1]  # the reference convolves (flipped filter)
+    x = _fir_1d(_fir_1d(x, t, axis=1), t, axis=2)
     if down > 1:
         x = x[:, ::down, ::down]
     return x
 
 
-def upsample2d(x: jax.Array, f: np.ndarray, up: int = 2) -> jax.Array:
-    """FIR up-sampling by ``up`` (output ``[N, H*up, W*up, C]``), gain ``up**2`` as upsample2d."""
-    fh, fw = f.shape
-    p = ((fw + up - 1) // 2, (fw - up) // 2, (fh + up - 1) // 2, (fh - up) // 2)
-    return upfirdn2d(x, f, up=up, padding=p, gain=float(up * up))
+def upsample2d(x: jax.Array, taps: Sequence[float] = FIR_TAPS, up: int = 2) -> jax.Array:
+    """FIR up-sampling by ``up`` (output ``[N, H*up, W*up, C]``), gain ``up**2``."""
+    f = len(taps)
+    p = ((f + up - 1) // 2, (f - up) // 2, (f + up - 1) // 2, (f - up) // 2)
+    return upfirdn2d(x, taps, up=up, padding=p, gain=float(up * up))
+
+
+def _conv(x: jax.Array, w: jax.Array, pad: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (1, 1), pad, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_fast_wgrad(x: jax.Array, w: jax.Array, pad: tuple) -> jax.Array:
+    return _conv(x, w, pad)
+
+
+def _conv_fwd(x, w, pad):
+    return _conv(x, w, pad), (x, w)
+
+
+def _conv_bwd(pad, res, dy):
+    x, w = res
+    kh, kw = w.shape[0], w.shape[1]
+    (pt, pb), (pl, pr) = pad
+    # Input gradient: XLA's own (a correlation with the flipped kernel; fast everywhere).
+    dx = jax.vjp(lambda xx: _conv(xx, w, pad), x)[1](dy)[0]
+    # Weight gradient as kh*kw GEMMs over shifted input windows. XLA:CPU's backprop-filter
+    # convolution is several times slower than this.
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    h, wd = dy.shape[1], dy.shape[2]
+    hp = jax.lax.Precision.HIGHEST
+    dw = jnp.stack([jnp.stack([
+        jnp.einsum("nhwi,nhwo->io", xp[:, a:a + h, b:b + wd], dy, precision=hp)
+        for b in range(kw)]) for a in range(kh)])
+    return dx, dw.astype(w.dtype)
+
+
+_conv_fast_wgrad.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv2d_general(x: jax.Array, w: jax.Array,
+                   pad: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Stride-1 correlation, HWIO weights, explicit ``((top, bottom), (left, right))`` padding.
+
+    On CPU the weight gradient is computed as GEMMs (custom VJP); elsewhere XLA's own.
+    """
+    w = w.astype(x.dtype)
+    if jax.default_backend() == "cpu":
+        return _conv_fast_wgrad(x, w, pad)
+    return _conv(x, w, pad)
 
 
 def conv2d(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:
     """Plain correlation (PyTorch ``conv2d``), ``w`` in HWIO."""
-    return jax.lax.conv_general_dilated(x, w.astype(x.dtype), (1, 1),
-                                        [(padding, padding), (padding, padding)],
-                                        dimension_numbers=_DN)
+    return conv2d_general(x, w, ((padding, padding), (padding, padding)))
 
 
-def conv2d_up2(x: jax.Array, w: jax.Array, f: np.ndarray, padding: int) -> jax.Array:
-    """Conv with 2x up-sampling, as ``conv2d_resample(up=2, flip_weight=False)``.
+def _conv_transpose_3x3_s2(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``conv_transpose2d(x, w^T, stride=2)`` for a 3x3 HWIO kernel, ``[N, 2H+1, 2W+1, O]``.
 
-    The reference runs a stride-2 transposed convolution followed by the FIR filter; a transposed
-    conv is a correlation of the zero-inserted input with the spatially flipped kernel.
-    ``w``: HWIO ``[kh, kw, I, O]``; output ``[N, 2H, 2W, O]``.
+    Polyphase form: output row ``2m`` is ``x[m-1] w[2] + x[m] w[0]`` and row ``2m+1`` is
+    ``x[m] w[1]`` (same along columns), so the four output phases are ordinary convolutions
+    of ``x`` with 2x2, 2x1, 1x2 and 1x1 sub-kernels, interleaved afterwards.
+    """
+    n, h, wd, _ = x.shape
+    ev, od = jnp.array([2, 0]), jnp.array([1])
+    k = w.astype(x.dtype)
+
+    def phase(rows, cols, pad_r, pad_c):
+        return conv2d_general(x, k[rows][:, cols], ((pad_r, pad_r), (pad_c, pad_c)))
+
+    ee = phase(ev, ev, 1, 1)  # [N, H+1, W+1, O]
+    eo = phase(ev, od, 1, 0)  # [N, H+1, W, O]
+    oe = phase(od, ev, 0, 1)  # [N, H, W+1, O]
+    oo = phase(od, od, 0, 0)  # [N, H, W, O]
+    eo = jnp.pad(eo, ((0, 0), (0, 0), (0, 1), (0, 0)))
+    oe = jnp.pad(oe, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    oo = jnp.pad(oo, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    even_rows = jnp.stack([ee, eo], axis=3)  # [N, H+1, W+1, 2, O]
+    odd_rows = jnp.stack([oe, oo], axis=3)
+    y = jnp.stack([even_rows, odd_rows], axis=2)  # [N, H+1, 2, W+1, 2, O]
+    y = y.reshape(n, 2 * h + 2, 2 * wd + 2, -1)
+    return y[:, : 2 * h + 1, : 2 * wd + 1]
+
+
+def conv2d_up2(x: jax.Array, w: jax.Array, taps: Sequence[float] = FIR_TAPS,
+               padding: int = 1) -> jax.Array:
+    """3x3 conv with 2x up-sampling, as ``conv2d_resample(up=2, padding=1, flip_weight=False)``.
+
+    The reference runs a stride-2 transposed convolution of the unflipped weight followed by
+    the FIR filter (gain 4). ``w``: HWIO ``[3, 3, I, O]``; output ``[N, 2H, 2W, O]``.
     """
     kh, kw = w.shape[0], w.shape[1]
-    fh, fw = f.shape
-    up = 2
-    px0 = padding + (fw + up - 1) // 2 - (kw - 1)
-    px1 = padding + (fw - up) // 2 - (kw - up)
-    py0 = padding + (fh + up - 1) // 2 - (kh - 1)
-    py1 = padding + (fh - up) // 2 - (kh - up)
-    pxt, pyt = max(min(-px0, -px1), 0), max(min(-py0, -py1), 0)
-    # The reference calls conv_transpose2d(x, w^T, stride=2, padding=p) with the unflipped
-    # weight; a transposed conv is a correlation of the 2x-dilated input, padded by k - 1 - p,
-    # with the spatially flipped kernel.
-    y = jax.lax.conv_general_dilated(
-        x, w[::-1, ::-1].astype(x.dtype), (1, 1),
-        [(kh - 1 - pyt, kh - 1 - pyt), (kw - 1 - pxt, kw - 1 - pxt)],
-        lhs_dilation=(up, up), dimension_numbers=_DN)
-    return upfirdn2d(y, f, padding=(px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt),
-                     gain=float(up * up))
+    if (kh, kw) != (3, 3) or padding != 1:
+        raise NotImplementedError("conv2d_up2 supports 3x3 kernels with padding 1")
+    f, up = len(taps), 2
+    p0 = padding + (f + up - 1) // 2 - (kw - 1)
+    p1 = padding + (f - up) // 2 - (kw - up)
+    y = _conv_transpose_3x3_s2(x, w)
+    return upfirdn2d(y, taps, padding=(p0, p1, p0, p1), gain=float(up * up))

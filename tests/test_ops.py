@@ -1,0 +1,103 @@
+"""Low-level ops against their PyTorch definitions (torch is a test extra)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from jaxhead.ops.grid_sample import grid_sample_3d  # noqa: E402
+from jaxhead.ops.resize import resize_bilinear  # noqa: E402
+from jaxhead.ops.upfirdn import conv2d_up2, setup_filter, upfirdn2d, upsample2d  # noqa: E402
+
+
+def _nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("in_size,out_size,align,aa", [
+    (128, 32, False, True), (128, 64, False, True), (64, 128, False, True),
+    (37, 16, False, True), (16, 64, True, False), (20, 13, False, False), (64, 256, True, False),
+])
+def test_resize_matches_torch_interpolate(in_size, out_size, align, aa):
+    x = np.random.default_rng(0).normal(size=(2, in_size, in_size, 3)).astype(np.float32)
+    got = np.asarray(resize_bilinear(jnp.asarray(x), out_size, align_corners=align,
+                                     antialias=aa))
+    ref = _nhwc(F.interpolate(_nchw(x), size=(out_size, out_size), mode="bilinear",
+                              align_corners=align, antialias=aa))
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_grid_sample_3d_matches_torch():
+    rng = np.random.default_rng(1)
+    vol = rng.normal(size=(3, 4, 6, 5, 7)).astype(np.float32)  # [B, D, H, W, C]
+    pts = rng.uniform(-1.3, 1.3, size=(3, 200, 3)).astype(np.float32)  # some out of range
+    got = np.asarray(grid_sample_3d(jnp.asarray(vol), jnp.asarray(pts)))
+    t_vol = torch.from_numpy(vol.transpose(0, 4, 1, 2, 3).copy())  # [B, C, D, H, W]
+    t_grid = torch.from_numpy(pts).reshape(3, 1, 1, 200, 3)
+    ref = F.grid_sample(t_vol, t_grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False).reshape(3, 7, 200).permute(0, 2, 1).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def _torch_upfirdn(x, f, up, pad, gain):
+    """Reference semantics written directly in torch: zero-insert, pad, flipped-filter conv."""
+    n, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
+    x = F.pad(x, [pad[0], pad[1], pad[2], pad[3]])
+    k = torch.from_numpy(np.ascontiguousarray(f[::-1, ::-1] * gain)).float()
+    k = k[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(x, k, groups=c)
+
+
+def test_upsample2d_and_upfirdn():
+    x = np.random.default_rng(2).normal(size=(2, 8, 8, 5)).astype(np.float32)
+    f = setup_filter()
+    got = np.asarray(upsample2d(jnp.asarray(x)))
+    ref = _nhwc(_torch_upfirdn(_nchw(x), f, 2, (2, 1, 2, 1), 4.0))
+    assert got.shape == (2, 16, 16, 5)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    got = np.asarray(upfirdn2d(jnp.asarray(x), padding=(1, 1, 1, 1)))
+    np.testing.assert_allclose(got, _nhwc(_torch_upfirdn(_nchw(x), f, 1, (1, 1, 1, 1), 1.0)),
+                               atol=1e-5)
+
+
+def test_conv2d_up2_equals_upsample_then_convolve():
+    """The transposed-conv form equals the generic form: FIR-upsample, then true convolution."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 6, 6, 4)).astype(np.float32)
+    w_oihw = rng.normal(size=(3, 4, 3, 3)).astype(np.float32)
+    f = setup_filter()
+    got = np.asarray(conv2d_up2(jnp.asarray(x), jnp.asarray(w_oihw.transpose(2, 3, 1, 0))))
+    # Generic reference path of conv2d_resample(up=2, padding=1, flip_weight=False):
+    # upfirdn2d(up=2, pad=[3, 2, 3, 2], gain=4) then convolution (flipped weight).
+    y = _torch_upfirdn(_nchw(x), f, 2, (3, 2, 3, 2), 4.0)
+    ref = _nhwc(F.conv2d(y, torch.from_numpy(w_oihw).flip([2, 3])))
+    assert got.shape == (2, 12, 12, 3)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_conv_custom_weight_gradient_matches_xla():
+    import jax
+
+    from jaxhead.ops.upfirdn import _conv, conv2d_general
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)).astype(np.float32))
+    dy_shape = None
+    for w_shape, pad in [((3, 3, 5, 4), ((1, 1), (1, 1))), ((2, 1, 5, 4), ((1, 1), (0, 0))),
+                         ((1, 1, 5, 4), ((0, 0), (0, 0)))]:
+        w = jnp.asarray(rng.normal(size=w_shape).astype(np.float32))
+        dy_shape = _conv(x, w, pad).shape
+        dy = jnp.asarray(rng.normal(size=dy_shape).astype(np.float32))
+        got = jax.vjp(lambda a, b: conv2d_general(a, b, pad), x, w)[1](dy)  # noqa: B023
+        ref = jax.vjp(lambda a, b: _conv(a, b, pad), x, w)[1](dy)  # noqa: B023
+        for g, r in zip(got, ref, strict=True):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-4)
