@@ -133,7 +133,7 @@ def test_gradients_reach_synthesis_and_sr(tiny, io):
 
     def loss(tr):
         p = {"params": {**params["params"], **tr}, "buffers": params["buffers"]}
-        out = G.synthesis(p, ws, c, noise_mode="const", deterministic=True, background=False)
+        out = G.synthesis(p, ws, c, noise_mode="const", deterministic=True, background="none")
         return jnp.mean(out["image"] ** 2) + jnp.mean(out["image_raw"])
 
     loss_j = jax.jit(loss)

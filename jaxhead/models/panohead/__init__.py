@@ -70,7 +70,7 @@ class PanoHead:
     def synthesis(self, params: Params, ws: jax.Array, c: jax.Array, *,
                   noise_mode: str = "const", deterministic: bool = False,
                   rng: jax.Array | None = None, neural_rendering_resolution: int | None = None,
-                  background: bool = True, planes: jax.Array | None = None
+                  background: str = "network", planes: jax.Array | None = None
                   ) -> dict[str, jax.Array]:
         """Render ws ``[N, num_ws, 512]`` from cameras c ``[N, 25]``.
 
@@ -78,11 +78,13 @@ class PanoHead:
           noise_mode: backbone noise, ``"random"`` (needs ``rng``), ``"const"`` or ``"none"``.
           deterministic: stratified jitter 0.5 and ``u = linspace(0, 1, K)`` importance samples;
             otherwise ``rng`` drives both.
-          background: composite the background network (the official distillation renders
-            without it).
+          background: ``"network"`` (PanoHead's background network), ``"none"`` (the official
+            distillation renders without it) or ``"white"`` (none, raw RGB whitened by the
+            accumulated opacity before the SR; the stylization code's inference renders).
           planes: reuse precomputed backbone planes (from :meth:`planes`).
         Returns dict of NHWC arrays: ``image`` [N, 512, 512, 3] (about [-1, 1]), ``image_raw``
-        [N, r, r, 3], ``image_depth`` [N, r, r, 1] (world units), ``image_mask`` [N, r, r, 1],
+        [N, r, r, 3], ``image_depth`` [N, r, r, 1] (world units), ``image_mask`` [N, r, r, 1]
+        (``acc * 1.002 - 0.001``), ``image_acc`` (accumulated opacity in [0, 1]),
         ``image_feature`` [N, r, r, 32], ``planes`` [N, T, T, 96 * depth].
         """
         res = neural_rendering_resolution or self.config.neural_rendering_resolution

@@ -25,6 +25,8 @@ from jaxhead.models.stylegan2 import (
 )
 from jaxhead.ops.resize import resize_bilinear
 
+BACKGROUNDS = ("network", "none", "white")
+
 
 @dataclasses.dataclass(frozen=True)
 class PanoHeadConfig:
@@ -211,9 +213,16 @@ class TriPlaneGenerator(nn.Module):
 
     def render_planes(self, planes: jax.Array, ws: jax.Array, c: jax.Array, *,
                       neural_rendering_resolution: int, noise_mode: str = "const",
-                      deterministic: bool = False, background: bool = True
+                      deterministic: bool = False, background: str = "network"
                       ) -> dict[str, jax.Array]:
-        """Volume-render tri-grid ``planes`` from cameras ``c [N, 25]``, then super-resolve."""
+        """Volume-render tri-grid ``planes`` from cameras ``c [N, 25]``, then super-resolve.
+
+        ``background``: ``"network"`` composites the background synthesis network (PanoHead);
+        ``"none"`` renders without it; ``"white"`` renders without it and whitens the raw RGB
+        where the head is transparent before the SR (the stylization code's inference mode).
+        """
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
         cfg = self.cfg
         res = neural_rendering_resolution
         n = ws.shape[0]
@@ -230,7 +239,7 @@ class TriPlaneGenerator(nn.Module):
         acc_image = acc.reshape(n, res, res, 1)
         if cfg.decoder_activation == "sigmoid":
             feature_image = feature_image * 2 - 1
-        if cfg.use_background and background:
+        if cfg.use_background and background == "network":
             nb = self.bcg_synthesis.num_ws
             ws_bcg = ws[:, :nb]
             if ws_bcg.shape[1] < nb:
@@ -243,14 +252,16 @@ class TriPlaneGenerator(nn.Module):
             rgb_image = self.torgb(feature_image, ws[:, -1])
         else:
             rgb_image = feature_image[..., :3]
+        if background == "white":
+            rgb_image = rgb_image * acc_image + (1 - acc_image)
         sr = self.superresolution(rgb_image, feature_image, ws, cfg.superresolution_noise_mode)
         return {"image": sr, "image_raw": rgb_image, "image_depth": depth_image,
-                "image_mask": acc_image * (1 + 2 * 0.001) - 0.001,
+                "image_mask": acc_image * (1 + 2 * 0.001) - 0.001, "image_acc": acc_image,
                 "image_feature": feature_image}
 
     def synthesis(self, ws: jax.Array, c: jax.Array, *, neural_rendering_resolution: int,
                   noise_mode: str = "const", deterministic: bool = False,
-                  background: bool = True) -> dict[str, jax.Array]:
+                  background: str = "network") -> dict[str, jax.Array]:
         planes = self.planes(ws, noise_mode)
         out = self.render_planes(planes, ws, c,
                                  neural_rendering_resolution=neural_rendering_resolution,

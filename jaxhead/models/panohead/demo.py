@@ -1,0 +1,97 @@
+"""A small random-weight PanoHead for demos, tests and the demo training config.
+
+Same architecture as the released model with small sizes (as the official-code fixture
+``panohead_tiny``): mapping 2 layers, tri-grid 32 px x 3 depth, 12 + 12 ray samples, 32 px
+neural rendering, SR to 512. Random weights render abstract shapes, not heads; real heads need
+the released checkpoint (``python -m convert_weights.panohead``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxhead.models.panohead import PanoHead, PanoHeadConfig
+
+
+def demo_config(**overrides) -> PanoHeadConfig:
+    """The tiny configuration (``overrides`` replace fields)."""
+    base = dict(channel_base=2048, channel_max=32, triplane_size=32, depth_resolution=12,
+                depth_resolution_importance=12, neural_rendering_resolution=32)
+    base.update(overrides)
+    return PanoHeadConfig(**base)
+
+
+def demo_params(G: PanoHead, seed: int = 0) -> dict:
+    """Random parameters with every path active.
+
+    PyTorch's init leaves noise strengths and biases at zero; here they get small random
+    values (noise strength 0.1, as the fixture) so that every term of the generator is
+    exercised. ``w_avg`` gets a random value so that truncation does something.
+    """
+    k_init, k_pert = jax.random.split(jax.random.key(seed))
+    params = G.init(k_init)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(k_pert, len(leaves))
+    out = []
+    for (path, x), k in zip(leaves, keys, strict=True):
+        name = jax.tree_util.keystr(path)
+        if "noise_strength" in name:
+            x = jnp.full_like(x, 0.1)
+        elif name.endswith("['bias']") and "affine" not in name:
+            x = x + 0.1 * jax.random.normal(k, x.shape)
+        elif "w_avg" in name:
+            x = 0.5 * jax.random.normal(k, x.shape)
+        out.append(x)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def sculpt(params: dict, *, amplitude: float = 2.0, gain: float = 8.0,
+           offset: float = -6.0) -> dict:
+    """Give a random generator a solid blob to look at (for demos only).
+
+    Routes a smooth 4x4 bump (the ``b4`` constant, up-sampled by the skip connections) into
+    channel 0 of every plane and depth slice, and makes the decoder's density a steep
+    function of that channel, so that the three planes' bumps add up to a closed, roughly
+    spherical object whose silhouette, texture and depth change as the camera turns. Every
+    other weight keeps its random value (texture, background).
+    """
+    p = jax.tree.map(lambda x: x, params)
+    b4 = p["params"]["backbone"]["synthesis"]["b4"]
+    c = b4["const"].shape[-1]
+    bump = np.zeros((4, 4), np.float32)
+    bump[1:3, 1:3] = 1.0
+    b4["const"] = b4["const"].at[:, :, 0].set(amplitude * (bump - 0.5))
+    w = np.zeros((3, 3, c, c), np.float32)
+    w[1, 1] = np.eye(c)  # identity 3x3 conv
+    b4["conv1"]["weight"] = jnp.asarray(w)
+    b4["conv1"]["affine"]["weight"] = jnp.zeros_like(b4["conv1"]["affine"]["weight"])  # style 1
+    b4["conv1"]["bias"] = b4["conv1"]["bias"].at[0].set(0.0)
+    b4["torgb"]["affine"]["weight"] = jnp.zeros_like(b4["torgb"]["affine"]["weight"])
+    sigma_ch = np.array([pl * 96 + d for pl in range(3) for d in range(3)])  # plane ch 0, all d
+    tw = np.array(b4["torgb"]["weight"])
+    tw[0, 0, :, sigma_ch] = 0.0
+    tw[0, 0, 0, sigma_ch] = np.sqrt(c)  # ToRGB styles are 1/sqrt(c) with zero affine weights
+    b4["torgb"]["weight"] = jnp.asarray(tw)
+    b4["torgb"]["bias"] = b4["torgb"]["bias"].at[sigma_ch].set(0.0)
+    dec = p["params"]["decoder"]
+    w0 = np.array(dec["net_0"]["weight"])
+    w0[0] = 0.0
+    w0[0, 0] = gain * np.sqrt(w0.shape[1])  # equalized-LR gain 1/sqrt(in)
+    dec["net_0"]["weight"] = jnp.asarray(w0)
+    dec["net_0"]["bias"] = dec["net_0"]["bias"].at[0].set(0.0)
+    w2 = np.array(dec["net_2"]["weight"])
+    w2[0] = 0.0
+    w2[0, 0] = np.sqrt(w2.shape[1])
+    dec["net_2"]["weight"] = jnp.asarray(w2)
+    dec["net_2"]["bias"] = dec["net_2"]["bias"].at[0].set(offset)
+    return p
+
+
+def demo_generator(seed: int = 0, *, sculpted: bool = True, **overrides
+                   ) -> tuple[PanoHead, dict]:
+    """``(G, params)`` of the tiny random generator (``sculpted``: with :func:`sculpt`)."""
+    G = PanoHead(demo_config(**overrides))
+    params = jax.jit(demo_params, static_argnums=(0, 1))(G, seed)
+    return G, sculpt(params) if sculpted else params
