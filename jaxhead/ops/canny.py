@@ -96,8 +96,13 @@ def _non_max_suppression(dx: jax.Array, dy: jax.Array, mag: jax.Array) -> jax.Ar
 
 
 def _dilate8(x: jax.Array) -> jax.Array:
-    """3x3 binary dilation of ``[B, H, W]`` booleans (8-connectivity), outside = False."""
-    return jax.lax.reduce_window(x, False, jax.lax.bitwise_or, (1, 3, 3), (1, 1, 1), "SAME")
+    """3x3 binary dilation of ``[B, H, W]`` booleans (8-connectivity), outside = False.
+    Separable shifted ORs: about twice as fast as ``reduce_window`` on CPU, and fusible."""
+    h, w = x.shape[1:]
+    p = jnp.pad(x, ((0, 0), (0, 0), (1, 1)))
+    r = p[:, :, :w] | p[:, :, 1:w + 1] | p[:, :, 2:]
+    p = jnp.pad(r, ((0, 0), (1, 1), (0, 0)))
+    return p[:, :h] | p[:, 1:h + 1] | p[:, 2:]
 
 
 def hysteresis(strong: jax.Array, candidate: jax.Array) -> jax.Array:
