@@ -226,6 +226,8 @@ def read_source(src: str | Path, *, num_heads: int | None = None,
         if detect_layout(sd) != "transformers":
             raise ValueError(f"{str(src)!r}: weights are not in the transformers layout")
         return sd, config_from_transformers(json.loads(cfg_file.read_text())), "transformers"
+    if "metric" in src.name:  # same tensor names, but a sigmoid * max_depth output head
+        raise ValueError(f"{src.name}: metric-depth checkpoints are not supported (relative only)")
     sd = load_torch_file(src)  # FileNotFoundError names the path
     if detect_layout(sd) != "official":
         raise ValueError(f"{str(src)!r} holds transformers-layout weights; pass the folder "

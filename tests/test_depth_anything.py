@@ -206,6 +206,8 @@ def test_conversion_errors(tiny, tmp_path):
         conv.detect_layout({"model.conv.weight": np.zeros(1)})
     with pytest.raises(ValueError, match="no official layer choice"):
         conv.config_from_official(sd_off, num_heads=2)  # 6 blocks: not an official size
+    with pytest.raises(ValueError, match="metric-depth"):
+        conv.main([str(tmp_path / "depth_anything_v2_metric_hypersim_vitl.pth"), "out"])
     with pytest.raises(FileNotFoundError, match="not a transformers.*config.json"):
         conv.main([str(tmp_path), str(tmp_path / "out")])
     # The command line reports errors as one line and a non-zero exit status.
