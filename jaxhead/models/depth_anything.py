@@ -420,7 +420,7 @@ def depth_control(model: DepthAnythingV2, params: Any, images: jax.Array,
     The official grid path min-max normalizes each 512 px view, tiles 4 views into a 1024 grid
     and lets diffusers resize the grid to 512: call this with ``out_size=None`` and resize the
     assembled grid with :func:`resize_control`, or with ``out_size=256`` per view (identical but
-    for Lanczos taps crossing tile seams: <= 6 px either side of a seam).
+    for Lanczos taps crossing tile seams: <= 3 output px either side of a seam).
 
     Args:
       model, params: from :func:`load` (bind ``model`` with ``functools.partial`` before jit).
