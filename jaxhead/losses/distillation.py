@@ -1,0 +1,160 @@
+"""Score-distillation objectives as pure functions of the teacher's outputs.
+
+Every function maps teacher outputs (``eps_uncond``, ``eps_cond`` ``[B, h, w, 4]`` NHWC
+latents), the injected ``noise`` and ``alpha_bar`` (``alphas_cumprod`` at the chosen step,
+scalar or ``[B]``) to a latent-space gradient ``dL/dlatents`` of the same shape. Turn it into a
+loss with :func:`injected_loss`, whose autodiff gradient w.r.t. the latents is exactly that
+gradient, so ``jax.grad`` carries it through the VAE encoder and the generator. Nothing here
+backpropagates through the teacher (its outputs are wrapped in ``stop_gradient``).
+
+Adding an objective = adding one function with this signature to :data:`OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _bcast(a: Array | float, like: Array) -> Array:
+    """Scalar or per-sample ``[B]`` -> broadcastable to ``[B, h, w, C]``."""
+    a = jnp.asarray(a, like.dtype)
+    return a.reshape(a.shape + (1,) * (like.ndim - a.ndim)) if a.ndim else a
+
+
+def cfg_eps(eps_uncond: Array, eps_cond: Array, guidance_scale: float | Array) -> Array:
+    """Classifier-free guided noise prediction ``eps_u + s (eps_c - eps_u)``."""
+    return eps_uncond + _bcast(guidance_scale, eps_cond) * (eps_cond - eps_uncond)
+
+
+def guidance_score(eps_uncond: Array, eps_cond: Array, guidance_scale: float | Array) -> Array:
+    """The official code's "score": ``s (eps_c - eps_u)`` (the guidance term alone)."""
+    return _bcast(guidance_scale, eps_cond) * (eps_cond - eps_uncond)
+
+
+def ld_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
+            guidance_scale: float | Array = 7.5, form: str = "official",
+            noise: Array | None = None) -> Array:
+    """Likelihood distillation (Eq. 10): ``dL/dx_0 = -grad_{x_t} log p(x_t|y) sqrt(abar_t)``.
+
+    ``form="official"`` (the released code): the score is the guidance term alone,
+    ``s (eps_c - eps_u) sqrt(abar)``. ``form="paper"``: the full CFG noise prediction as the
+    score, ``grad log p = -eps_cfg / sqrt(1 - abar)``, i.e.
+    ``eps_cfg sqrt(abar) / sqrt(1 - abar)``. ``noise`` is unused (LD does not subtract it).
+    """
+    del noise
+    eps_uncond, eps_cond = jax.lax.stop_gradient((eps_uncond, eps_cond))
+    ab = _bcast(alpha_bar, eps_cond)
+    if form == "official":
+        return guidance_score(eps_uncond, eps_cond, guidance_scale) * jnp.sqrt(ab)
+    if form == "paper":
+        return cfg_eps(eps_uncond, eps_cond, guidance_scale) * jnp.sqrt(ab / (1 - ab))
+    raise ValueError(f"unknown LD form {form!r} (official | paper)")
+
+
+def sds_grad(eps_uncond: Array, eps_cond: Array, *, noise: Array, alpha_bar: float | Array,
+             guidance_scale: float | Array = 7.5, form: str = "standard") -> Array:
+    """Score distillation sampling, ``w(t) (eps_hat - noise)``.
+
+    ``form="standard"`` (DreamFusion): ``eps_hat = eps_cfg``, ``w = 1 - abar``.
+    ``form="official"`` (the stylization code's SDS switch): ``eps_hat = s (eps_c - eps_u)``,
+    ``w = sqrt(1 - abar)``.
+    """
+    eps_uncond, eps_cond, noise = jax.lax.stop_gradient((eps_uncond, eps_cond, noise))
+    ab = _bcast(alpha_bar, eps_cond)
+    if form == "standard":
+        return (1 - ab) * (cfg_eps(eps_uncond, eps_cond, guidance_scale) - noise)
+    if form == "official":
+        return jnp.sqrt(1 - ab) * (guidance_score(eps_uncond, eps_cond, guidance_scale) - noise)
+    raise ValueError(f"unknown SDS form {form!r} (standard | official)")
+
+
+def bsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
+             guidance_scale: float | Array = 15.0, noise: Array | None = None) -> Array:
+    """Balanced score distillation (PlacidDreamer): the point of the segment between the
+    classifier term ``c = s (eps_c - eps_u)`` and the denoising term ``d = eps_u`` closest to
+    the origin, ``a c + (1 - a) d`` with ``a = clip(<d - c, d> / |d - c|^2, 0, 1)`` per sample,
+    weighted by ``sqrt(abar)``.
+    """
+    del noise
+    eps_uncond, eps_cond = jax.lax.stop_gradient((eps_uncond, eps_cond))
+    c = guidance_score(eps_uncond, eps_cond, guidance_scale)
+    d = eps_uncond
+    axes = tuple(range(1, c.ndim))
+    diff = d - c
+    a = jnp.sum(diff * d, axis=axes) / jnp.sum(diff * diff, axis=axes)
+    a = _bcast(jnp.clip(jnp.nan_to_num(a, nan=0.0), 0.0, 1.0), c)
+    return (a * c + (1 - a) * d) * jnp.sqrt(_bcast(alpha_bar, c))
+
+
+OBJECTIVES: dict[str, Callable[..., Array]] = {
+    "ld": ld_grad,
+    "sds": sds_grad,
+    "bsd": bsd_grad,
+}
+
+
+def rank_weighting(score: Array, weights: Sequence[float] = (1.0, 0.75, 0.5, 0.25), *,
+                   renorm: bool = True) -> Array:
+    """Rank-weighted score (Eq. 11): per sample, SVD of the score as ``[C, h*w]``, singular
+    values times ``weights``, reconstructed. ``renorm`` re-imposes each channel's mean and
+    (unbiased) std of the original score (the official code, + 1e-5 on both stds).
+
+    score ``[B, h, w, C]`` -> same shape. ``weights`` shorter than C drops the remaining ranks.
+    """
+    score = jax.lax.stop_gradient(score)
+    b, h, w, c = score.shape
+    m = jnp.swapaxes(score.reshape(b, h * w, c), 1, 2)  # [B, C, hw]
+    u, s, vt = jnp.linalg.svd(m, full_matrices=False)
+    k = min(len(weights), c)
+    wv = jnp.zeros((c,), score.dtype).at[:k].set(jnp.asarray(weights[:k], score.dtype))
+    approx = jnp.einsum("bik,bk,bkj->bij", u, s * wv, vt,
+                        precision=jax.lax.Precision.HIGHEST)
+    out = jnp.swapaxes(approx, 1, 2).reshape(b, h, w, c)
+    if renorm:
+        out = match_moments(score, out)
+    return out
+
+
+def match_moments(src: Array, tgt: Array, eps: float = 1e-5) -> Array:
+    """``tgt`` with each sample's per-channel mean and std replaced by ``src``'s (unbiased std,
+    ``eps`` added to both), the official ``instance_norm``. NHWC."""
+    n = src.shape[1] * src.shape[2]
+
+    def stats(x):
+        mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+        var = jnp.sum(jnp.square(x - mean), axis=(1, 2), keepdims=True) / (n - 1)
+        return mean, jnp.sqrt(var) + eps
+
+    ma, sa = stats(src)
+    mb, sb = stats(tgt)
+    return (tgt - mb) / sb * sa + ma
+
+
+def postprocess_grad(grad: Array, mask: Array | None = None, *, div: float = 1000.0,
+                     clamp: float = 1.0) -> Array:
+    """Official post-processing: ``nan_to_num(clip(grad * mask / div, -clamp, clamp))``.
+
+    ``mask`` ``[B, h, w, 1]`` (the frozen generator's accumulated opacity at latent size)."""
+    if mask is not None:
+        grad = grad * mask
+    grad = jnp.clip(grad / div, -clamp, clamp)
+    return jnp.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def injected_loss(latents: Array, grad: Array) -> Array:
+    """``sum(stop_gradient(grad) * latents)``: its gradient w.r.t. ``latents`` is ``grad``
+    exactly (the "SpecifyGradient" trick). Returns a scalar."""
+    return jnp.sum(jax.lax.stop_gradient(grad) * latents)
+
+
+def mirror_loss(latents: Array, latents_mirror: Array, grad: Array, *,
+                base_weight: float = 0.75, mirror_weight: float = 0.25) -> Array:
+    """Mirror gradients (Eq. 14): ``grad`` drives the render of pose pi, its width-flip drives
+    the render of the yaw-mirrored pose pi'. latents ``[B, h, w, C]`` NHWC."""
+    return (base_weight * injected_loss(latents, grad)
+            + mirror_weight * injected_loss(latents_mirror, jnp.flip(grad, axis=2)))
