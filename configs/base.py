@@ -1,0 +1,104 @@
+"""Base configuration of the stylization run (the paper's settings; the prompt is set by the
+style configs). Run a style with
+
+    python -m jaxhead.train --config configs/pixar.py --config.workdir=runs/pixar
+
+Any field can be overridden from the command line (``--config.steps=2000``); unknown fields are
+refused. Paths to real weights are under ``models``; see the README for the convert commands.
+"""
+
+import math
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # root PRNG seed; step keys are fold_in(root, step), so resuming needs no key
+    c.workdir = "runs/default"  # checkpoints, metrics, previews, exported generator
+    c.steps = 10_000  # paper: 10k iterations
+    c.batch_size = 1  # identities per step (paper: 1); split over the devices' data axis
+
+    # --- models (converted with convert_weights.*; "demo" = tiny random models built in code)
+    c.models = ml_collections.ConfigDict()
+    c.models.generator = "checkpoints/panohead"  # python -m convert_weights.panohead
+    c.models.sd = "checkpoints/sd"  # python -m convert_weights.diffusers (unet, vae, text, ...)
+    c.models.depth_anything = "checkpoints/depth_anything_v2_vitb"  # convert_weights.depth_anything
+    c.models.teacher_dtype = "float32"  # "bfloat16": frozen teacher params + activations in bf16
+    c.models.shard_teacher = False  # shard the frozen teacher's params over the devices
+
+    # --- text
+    c.prompt = ""  # set by the style configs
+    c.negative_prompt = ""  # official: ''
+
+    # --- generator sampling
+    c.truncation_psi = 0.8  # paper 0.8 (official code 0.75)
+    c.truncation_cutoff = 14
+    c.cond_yaw = 0.0  # camera conditioning the mapping network (official: yaw 0, pitch 0.2)
+    c.cond_pitch = 0.2
+    c.noise_mode = "random"  # backbone noise of the trained and frozen generators (official)
+
+    # --- optimizer: Adam on backbone.synthesis + superresolution, every bias frozen
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 1e-4
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.trainable = ("params/backbone/synthesis/", "params/superresolution/")
+    c.optimizer.frozen = ("/bias$",)  # regexes over "/"-joined paths, applied after trainable
+
+    # --- teacher and objective
+    c.num_inference_steps = 50  # DDIM schedule the step indices refer to
+    c.objective = "ld"  # ld | sds | bsd (jaxhead.losses.OBJECTIVES)
+    c.ld_form = "official"  # official: s (eps_c - eps_u) sqrt(abar); paper: full CFG eps
+    c.guidance_scale = 7.5
+    c.controlnet_scale = 1.0
+    c.alpha_index = "step"  # "step": alphas_cumprod[step index] as the official code;
+    #                         "timestep": alphas_cumprod[timestep] (the formula's abar_t)
+    c.grad_mask = True  # multiply by the frozen generator's 64 px opacity
+    c.grad_div = 1000.0
+    c.grad_clamp = 1.0
+
+    # --- single view + mirror score
+    c.single = ml_collections.ConfigDict()
+    c.single.yaw_range = (-math.pi / 3, math.pi / 3)
+    c.single.pitch_range = (-math.pi / 6, math.pi / 6)
+    c.single.t_range = (0.70, 0.96)  # paper: fraction of the 50 DDIM steps (0.70, 0.96) = 35..48
+    c.single.control = "canny"  # none | canny | depth (ControlNet named models.controlnet_<x>)
+    c.single.rank_weights = (1.0, 0.75, 0.5, 0.25)  # () disables rank weighting
+    c.single.rank_renorm = True
+    c.single.mirror = True
+    c.single.base_weight = 0.75
+    c.single.mirror_weight = 0.25
+
+    # --- 2x2 grid score
+    c.grid = ml_collections.ConfigDict()
+    c.grid.enabled = True
+    c.grid.mode = "before_sr"  # before_sr: 64 px raw renders x4; after_sr: 512 px SR renders / 2
+    c.grid.yaw_range = (-math.pi, math.pi)
+    c.grid.pitch_range = (-math.pi / 6, math.pi / 6)
+    c.grid.t_range = (0.30, 0.80)  # paper
+    c.grid.control = "depth"  # depth (Depth Anything if its weights exist, else renderer
+    #                           depth) | depth_anything | renderer_depth | none
+    c.grid.weight = 1.0
+
+    # --- extra terms (official defaults)
+    c.tweedie_weight = 0.1  # |x0_hat - (img + 1) / 2|^2 of the single view
+    c.ldis_weight = 1.0  # relative distances of tri-planes of consecutive batches
+    c.lpips_weight = 0.0  # official 0.05 with LPIPS(alex); needs c.models.lpips weights
+
+    c.models.lpips = ""  # hook: converted LPIPS weights (not ported yet)
+
+    # --- sharding / multi-host
+    c.mesh_axis = "data"
+    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+
+    # --- logging
+    c.log_every = 10
+    c.preview_every = 250
+    c.preview_identities = 3
+    c.checkpoint_every = 250
+    c.keep_checkpoints = 3
+    c.final_turntable_identities = 3
+    c.final_turntable_frames = 24
+    return c
