@@ -265,7 +265,8 @@ def split_single_file(state: Mapping[str, np.ndarray], *, unet_heads: int = 8,
         out["vae"] = ("AutoencoderKL", sfu.convert_ldm_vae_checkpoint(dict(state), cfg), cfg)
     if any(k.startswith(_CLIP) for k in state):
         sd = sfu.convert_ldm_clip_checkpoint(dict(state))
-        sd = {k: v for k, v in sd.items() if k.startswith("text_model.")}
+        # very old checkpoints lack transformers' ``text_model.`` level
+        sd = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in sd.items()}
         out["text_encoder"] = ("CLIPTextModel", sd, ldm_clip_config(sd))
     return out
 

@@ -34,10 +34,17 @@ TINY_UNET_LINEAR = dict(
     transformer_layers_per_block=2, flip_sin_to_cos=False, freq_shift=1,
     mid_block_scale_factor=1.5, center_input_sample=True,
 )
+# Smallest member, for the teacher plumbing tests (one cross-attention level).
+TINY_UNET_TEACHER = dict(
+    sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 32),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+    cross_attention_dim=32, attention_head_dim=2, norm_num_groups=32,  # SD's 32: single files
+)
 TINY_CONTROL_CHANNELS = (8, 16)  # control image = 2x the latent size
 TINY_VAE = dict(
     block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
-    up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
+    up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=32,
     latent_channels=4,
 )
 TINY_CLIP = dict(
@@ -89,15 +96,17 @@ def torch_unet(which: str = "main"):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    cfg = TINY_UNET if which == "main" else TINY_UNET_LINEAR
-    return randomize(UNet2DConditionModel(**cfg), 1 if which == "main" else 11)
+    cfg, seed = {"main": (TINY_UNET, 1), "linear": (TINY_UNET_LINEAR, 11),
+                 "teacher": (TINY_UNET_TEACHER, 21)}[which]
+    return randomize(UNet2DConditionModel(**cfg), seed)
 
 
 @functools.cache
-def torch_controlnet(seed: int = 2):
+def torch_controlnet(seed: int = 2, which: str = "main"):
+    """A ControlNet built from ``torch_unet(which)``'s configuration, own random weights."""
     from diffusers import ControlNetModel
 
-    cn = ControlNetModel.from_unet(torch_unet("main"),
+    cn = ControlNetModel.from_unet(torch_unet(which),
                                    conditioning_embedding_out_channels=TINY_CONTROL_CHANNELS)
     return randomize(cn, seed)
 
