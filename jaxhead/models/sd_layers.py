@@ -35,13 +35,21 @@ _AUTO_CHUNK_MIN_LOGITS = 1 << 22
 
 
 def _dense_attention(q: Array, k: Array, v: Array, bias: Array | None) -> Array:
-    """Softmax attention. q [B, N, H, D], k/v [B, M, H, D], bias broadcastable to [B, H, N, M]."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    """Softmax attention. q [B, N, H, D], k/v [B, M, H, D], bias broadcastable to [B, H, N, M].
+
+    Logits and the softmax are float32. The normalisation is applied to the [N, D] output
+    instead of the [N, M] probabilities (one pass less over the largest array).
+    """
+    q = q * jnp.asarray(1.0 / math.sqrt(q.shape[-1]), q.dtype)  # scale the small operand
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.exp(logits)  # in (0, 1]
+    denom = jnp.sum(weights, axis=-1)  # [B, H, N]
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return (out / denom.transpose(0, 2, 1)[..., None]).astype(v.dtype)
 
 
 def _chunked_attention(q: Array, k: Array, v: Array, bias: Array | None,
