@@ -11,7 +11,9 @@ Batches (latents 64x64 = one 512 px image each; CFG doubles the UNet/ControlNet 
   B=2  the paper's step: 2x2 grid with the depth ControlNet + a single view with the edge
        ControlNet (two different ControlNets in one call).
 The reference is diffusers' PyTorch UNet (and ControlNet + UNet) on the same CFG batch of 2
-(torch is a bench/test extra; jaxhead itself never imports it).
+(torch is a bench/test extra; jaxhead itself never imports it). ``pair-unet-fp32`` runs the same
+UNet (torch weights converted) in torch and JAX in one process with the calls alternated: the
+robust ratio on a shared machine.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ CONFIGS = {
     "jax-bf16-b1": dict(kind="jax", dtype="bf16", batch=1, attention="auto"),
     "jax-bf16-b2": dict(kind="jax", dtype="bf16", batch=2, attention="auto"),
     "torch-fp32": dict(kind="torch"),
+    "pair-unet-fp32": dict(kind="pair"),
 }
 
 
@@ -153,6 +156,48 @@ def torch_worker(spec: dict) -> dict:
                 peak_rss_mb=_peak_mb(), torch_version=torch.__version__)
 
 
+def pair_worker(spec: dict) -> dict:
+    """The same UNet (torch weights converted to jaxhead) on the same CFG batch of 2, torch and
+    JAX calls alternated so that machine-load drift hits both alike."""
+    import jax
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from jaxhead.models import unet as unet_lib
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    tu = UNet2DConditionModel(**SD15_UNET).eval()
+    cfg = dict(tu.config)
+    module = unet_lib.UNet2DConditionModel(unet_lib.UNetConfig.from_diffusers(cfg))
+    params = unet_lib.convert({k: v.numpy() for k, v in tu.state_dict().items()}, cfg)
+    params = jax.tree.map(jax.numpy.asarray, params)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 64, 64), dtype=np.float32)
+    t = np.array([500, 500])
+    ctx = rng.standard_normal((2, 77, 768), dtype=np.float32)
+    xj = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    f = jax.jit(module.apply)
+    t0 = time.perf_counter()
+    compiled = f.lower({"params": params}, xj, t, ctx).compile()
+    compile_s = time.perf_counter() - t0
+    tj, tt = [], []
+    with torch.no_grad():
+        xt, tt_, ct = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)
+        for _ in range(spec["repeats"] + 1):  # the first round is a warm-up
+            t0 = time.perf_counter()
+            ref = tu(xt, tt_, ct).sample.numpy()
+            tt.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = np.asarray(compiled({"params": params}, xj, t, ctx))
+            tj.append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
+    err = float(np.abs(out.transpose(0, 3, 1, 2) - ref).max())
+    return dict(compile_s=compile_s, call_s=min(tj[1:]), unet_call_s=min(tj[1:]),
+                torch_unet_call_s=min(tt[1:]), ratios=ratios, max_abs_err=err,
+                peak_rss_mb=_peak_mb())
+
+
 def run_config(name: str, repeats: int) -> dict:
     spec = {**CONFIGS[name], "repeats": repeats}
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
@@ -177,7 +222,9 @@ def table(results: dict[str, dict]) -> str:
             rows.append(f"| {name} | error: {r['error']} | | | | | |")
             continue
         ratio = uratio = ""
-        if "-b1" in name and "call_s" in torch_res:  # same CFG batch of 2 as torch
+        if name.startswith("pair"):
+            uratio = f"{sorted(r['ratios'])[len(r['ratios']) // 2]:.2f} (paired)"
+        elif "-b1" in name and "call_s" in torch_res:  # same CFG batch of 2 as torch
             ratio = f"{r['call_s'] / torch_res['call_s']:.2f}"
             if "unet_call_s" in r:
                 uratio = f"{r['unet_call_s'] / torch_res['unet_call_s']:.2f}"
@@ -197,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         spec = json.loads(a.worker)
-        res = jax_worker(spec) if spec["kind"] == "jax" else torch_worker(spec)
+        res = {"jax": jax_worker, "torch": torch_worker, "pair": pair_worker}[spec["kind"]](spec)
         print(json.dumps(res))
         return 0
     names = [n for n in (a.only.split(",") if a.only else CONFIGS) if n]
@@ -209,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SD 1.5 teacher, random weights, CPU ({os.cpu_count()} cores); 64x64 latents; "
           "CFG batch = 2 x B; times are the min over repeats\n")
     print(table(results))
+    if "pair-unet-fp32" in results and "torch_unet_call_s" in results["pair-unet-fp32"]:
+        r = results["pair-unet-fp32"]
+        print(f"\npaired UNet (same weights and input, calls alternated): torch "
+              f"{r['torch_unet_call_s']:.2f}s, jax {r['unet_call_s']:.2f}s, max-abs diff "
+              f"{r['max_abs_err']:.2g}")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -78,7 +78,8 @@ def attention(q: Array, k: Array, v: Array, *, bias: Array | None = None, impl: 
 
     Args:
       q: queries [B, N, H, D]; k, v: keys/values [B, M, H, D].
-      bias: additive logit bias broadcastable to [B, H, N, M] (e.g. a mask as 0 / -inf), or None.
+      bias: additive logit bias broadcastable to [B, H, N, M] (a mask as 0 / a large negative
+        finite value such as float32 min; a row masked entirely by -inf gives NaN), or None.
       impl: "dense" (materialise all logits), "chunked" (exact, blocks of ``chunk_size`` queries:
         memory-efficient on CPU and GPU), "cudnn" (``jax.nn.dot_product_attention`` flash kernel,
         GPU with fp16/bf16 only) or "auto" (chunked for large N*M, else dense).
