@@ -82,14 +82,30 @@ def load_params(directory: str | os.PathLike, *, what: str = "model",
     return unflatten(load_file(str(d / PARAMS_FILE))), config
 
 
+def tree_shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """``{"a/b": shape}`` for a nested dict whose leaves are arrays, ShapeDtypeStructs or shape
+    tuples (leaves are not converted with ``np.asarray``, which would turn a ShapeDtypeStruct
+    into a 0-d object array)."""
+    out: dict[str, tuple[int, ...]] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(tree_shapes(v, key + "/"))
+        elif isinstance(v, tuple):
+            out[key] = tuple(int(d) for d in v)
+        else:
+            out[key] = tuple(getattr(v, "shape", np.shape(v)))
+    return out
+
+
 def check_tree(params: Mapping[str, Any], expected: Mapping[str, Any], *,
                what: str = "parameters") -> None:
     """Compare a params tree against an expected tree of shapes/ShapeDtypeStructs.
 
     Raises ``ValueError`` that lists missing, unexpected and mis-shaped keys (by ``/`` path).
     """
-    got = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
-    want = {k: tuple(getattr(v, "shape", v)) for k, v in flatten(expected).items()}
+    got = tree_shapes(params)
+    want = tree_shapes(expected)
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
     mis = sorted(k for k in set(got) & set(want) if got[k] != want[k])
