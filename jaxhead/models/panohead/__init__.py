@@ -70,8 +70,8 @@ class PanoHead:
     def synthesis(self, params: Params, ws: jax.Array, c: jax.Array, *,
                   noise_mode: str = "const", deterministic: bool = False,
                   rng: jax.Array | None = None, neural_rendering_resolution: int | None = None,
-                  background: str = "network", planes: jax.Array | None = None
-                  ) -> dict[str, jax.Array]:
+                  background: str = "network", planes: jax.Array | None = None,
+                  superresolution: bool = True) -> dict[str, jax.Array]:
         """Render ws ``[N, num_ws, 512]`` from cameras c ``[N, 25]``.
 
         Args:
@@ -82,6 +82,7 @@ class PanoHead:
             distillation renders without it) or ``"white"`` (none, raw RGB whitened by the
             accumulated opacity before the SR; the stylization code's inference renders).
           planes: reuse precomputed backbone planes (from :meth:`planes`).
+          superresolution: False skips the SR network (no ``image`` in the result).
         Returns dict of NHWC arrays: ``image`` [N, 512, 512, 3] (about [-1, 1]), ``image_raw``
         [N, r, r, 3], ``image_depth`` [N, r, r, 1] (world units), ``image_mask`` [N, r, r, 1]
         (``acc * 1.002 - 0.001``), ``image_acc`` (accumulated opacity in [0, 1]),
@@ -92,12 +93,12 @@ class PanoHead:
         if planes is None:
             return self.module.apply(params, ws, c, neural_rendering_resolution=res,
                                      noise_mode=noise_mode, deterministic=deterministic,
-                                     background=background, rngs=rngs,
-                                     method=TriPlaneGenerator.synthesis)
+                                     background=background, superresolution=superresolution,
+                                     rngs=rngs, method=TriPlaneGenerator.synthesis)
         out = self.module.apply(params, planes, ws, c, neural_rendering_resolution=res,
                                 noise_mode=noise_mode, deterministic=deterministic,
-                                background=background, rngs=rngs,
-                                method=TriPlaneGenerator.render_planes)
+                                background=background, superresolution=superresolution,
+                                rngs=rngs, method=TriPlaneGenerator.render_planes)
         out["planes"] = planes
         return out
 

@@ -23,28 +23,47 @@ def demo_config(**overrides) -> PanoHeadConfig:
     return PanoHeadConfig(**base)
 
 
-def demo_params(G: PanoHead, seed: int = 0) -> dict:
+def host_init(G: PanoHead, seed: int = 0) -> dict:
+    """PyTorch-like random init drawn on the host (no compile): raw weights, ``const`` and
+    ``noise_const`` ~ N(0, 1), biases 0 (affine biases 1), noise strengths and ``w_avg`` 0."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['bias']"):
+            return np.full(s.shape, 1.0 if "affine" in name else 0.0, np.float32)
+        if "noise_strength" in name or "w_avg" in name:
+            return np.zeros(s.shape, np.float32)
+        w = rng.standard_normal(s.shape).astype(np.float32)
+        if "mapping" in name and name.endswith("['weight']") and "embed" not in name:
+            w = w / 0.01  # lr_multiplier 0.01: stored weights are N(0, 1) / lr_mul
+        return w
+
+    return jax.tree.map(jnp.asarray, jax.tree_util.tree_map_with_path(draw, G.param_shapes()))
+
+
+def demo_params(G: PanoHead, seed: int = 0, params: dict | None = None) -> dict:
     """Random parameters with every path active.
 
     PyTorch's init leaves noise strengths and biases at zero; here they get small random
     values (noise strength 0.1, as the fixture) so that every term of the generator is
     exercised. ``w_avg`` gets a random value so that truncation does something.
     """
-    k_init, k_pert = jax.random.split(jax.random.key(seed))
-    params = G.init(k_init)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    keys = jax.random.split(k_pert, len(leaves))
-    out = []
-    for (path, x), k in zip(leaves, keys, strict=True):
+    params = host_init(G, seed) if params is None else params
+    rng = np.random.default_rng(seed + 1)
+
+    def perturb(path, x):
         name = jax.tree_util.keystr(path)
+        x = np.asarray(x)
         if "noise_strength" in name:
-            x = jnp.full_like(x, 0.1)
+            x = np.full_like(x, 0.1)
         elif name.endswith("['bias']") and "affine" not in name:
-            x = x + 0.1 * jax.random.normal(k, x.shape)
+            x = x + 0.1 * rng.standard_normal(x.shape).astype(np.float32)
         elif "w_avg" in name:
-            x = 0.5 * jax.random.normal(k, x.shape)
-        out.append(x)
-    return jax.tree_util.tree_unflatten(treedef, out)
+            x = 0.5 * rng.standard_normal(x.shape).astype(np.float32)
+        return jnp.asarray(x)
+
+    return jax.tree_util.tree_map_with_path(perturb, params)
 
 
 def sculpt(params: dict, *, amplitude: float = 2.0, gain: float = 8.0,
@@ -93,5 +112,5 @@ def demo_generator(seed: int = 0, *, sculpted: bool = True, **overrides
                    ) -> tuple[PanoHead, dict]:
     """``(G, params)`` of the tiny random generator (``sculpted``: with :func:`sculpt`)."""
     G = PanoHead(demo_config(**overrides))
-    params = jax.jit(demo_params, static_argnums=(0, 1))(G, seed)
+    params = demo_params(G, seed)
     return G, sculpt(params) if sculpted else params

@@ -213,9 +213,10 @@ class TriPlaneGenerator(nn.Module):
 
     def render_planes(self, planes: jax.Array, ws: jax.Array, c: jax.Array, *,
                       neural_rendering_resolution: int, noise_mode: str = "const",
-                      deterministic: bool = False, background: str = "network"
-                      ) -> dict[str, jax.Array]:
-        """Volume-render tri-grid ``planes`` from cameras ``c [N, 25]``, then super-resolve.
+                      deterministic: bool = False, background: str = "network",
+                      superresolution: bool = True) -> dict[str, jax.Array]:
+        """Volume-render tri-grid ``planes`` from cameras ``c [N, 25]``, then super-resolve
+        (``superresolution=False`` skips the SR network: no ``image`` in the result).
 
         ``background``: ``"network"`` composites the background synthesis network (PanoHead);
         ``"none"`` renders without it; ``"white"`` renders without it and whitens the raw RGB
@@ -254,19 +255,23 @@ class TriPlaneGenerator(nn.Module):
             rgb_image = feature_image[..., :3]
         if background == "white":
             rgb_image = rgb_image * acc_image + (1 - acc_image)
-        sr = self.superresolution(rgb_image, feature_image, ws, cfg.superresolution_noise_mode)
-        return {"image": sr, "image_raw": rgb_image, "image_depth": depth_image,
+        out = {"image_raw": rgb_image, "image_depth": depth_image,
                 "image_mask": acc_image * (1 + 2 * 0.001) - 0.001, "image_acc": acc_image,
                 "image_feature": feature_image}
+        if superresolution:
+            out["image"] = self.superresolution(rgb_image, feature_image, ws,
+                                                cfg.superresolution_noise_mode)
+        return out
 
     def synthesis(self, ws: jax.Array, c: jax.Array, *, neural_rendering_resolution: int,
                   noise_mode: str = "const", deterministic: bool = False,
-                  background: str = "network") -> dict[str, jax.Array]:
+                  background: str = "network", superresolution: bool = True
+                  ) -> dict[str, jax.Array]:
         planes = self.planes(ws, noise_mode)
         out = self.render_planes(planes, ws, c,
                                  neural_rendering_resolution=neural_rendering_resolution,
                                  noise_mode=noise_mode, deterministic=deterministic,
-                                 background=background)
+                                 background=background, superresolution=superresolution)
         out["planes"] = planes
         return out
 

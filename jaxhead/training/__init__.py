@@ -1,0 +1,1 @@
+"""The stylization trainer: models, the pure train step, sharding, checkpoints, logging."""

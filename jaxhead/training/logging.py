@@ -1,0 +1,51 @@
+"""Scalars (JSONL, plus TensorBoard when tensorboardX is installed) and preview images."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class MetricWriter:
+    """Appends ``{"step": s, **scalars}`` lines to ``metrics.jsonl``; mirrors to TensorBoard."""
+
+    def __init__(self, workdir: str | os.PathLike) -> None:
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self._tb = None
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tb"))
+        except ImportError:
+            pass
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        vals = {k: float(v) for k, v in scalars.items()}
+        self._f.write(json.dumps({"step": step, **vals}) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in vals.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def to_uint8(img: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    x = (np.asarray(img, np.float32) - lo) / (hi - lo)
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def save_png(path: str | os.PathLike, img: np.ndarray) -> None:
+    from PIL import Image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
