@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.workdir = "runs/default"  # checkpoints, metrics, previews, exported generator
     c.steps = 10_000  # paper: 10k iterations
     c.batch_size = 1  # identities per step (paper: 1); split over the devices' data axis
+    c.fixed_batch = False  # debugging: the same batch (key fold_in(root, 0)) every step
 
     # --- models (converted with convert_weights.*; "demo" = tiny random models built in code)
     c.models = ml_collections.ConfigDict()
@@ -40,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- optimizer: Adam on backbone.synthesis + superresolution, every bias frozen
     c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"  # adam | sgd
     c.optimizer.lr = 1e-4
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
@@ -61,9 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- single view + mirror score
     c.single = ml_collections.ConfigDict()
+    c.single.enabled = True  # the single-view (+ mirror) score
     c.single.yaw_range = (-math.pi / 3, math.pi / 3)
     c.single.pitch_range = (-math.pi / 6, math.pi / 6)
-    c.single.t_range = (0.70, 0.96)  # paper: fraction of the 50 DDIM steps (0.70, 0.96) = 35..48
+    c.single.t_range = (0.70, 0.96)  # paper: fraction of the 50 DDIM steps (35..47)
     c.single.control = "canny"  # none | canny | depth (ControlNet named models.controlnet_<x>)
     c.single.rank_weights = (1.0, 0.75, 0.5, 0.25)  # () disables rank weighting
     c.single.rank_renorm = True
@@ -91,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- sharding / multi-host
     c.mesh_axis = "data"
+    c.num_devices = 0  # devices on the data axis (0 = all local/global devices)
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
 
     # --- logging

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -27,20 +27,15 @@ from tqdm import tqdm
 from jaxhead.training import checkpoint
 from jaxhead.training.logging import MetricWriter, save_png, to_uint8
 from jaxhead.training.models import Models, build_models, describe
-from jaxhead.training.step import (
-    StepConfig,
-    init_state,
-    make_optimizer,
-    merge,
-    train_step,
-)
+from jaxhead.training.step import StepConfig, init_state, make_optimizer, merge, train_step
 
 CHOICES = {
     "objective": ("ld", "sds", "bsd"), "ld_form": ("official", "paper"),
     "alpha_index": ("step", "timestep"), "noise_mode": ("random", "const", "none"),
     "single.control": ("none", "canny", "depth"),
     "grid.control": ("depth", "depth_anything", "renderer_depth", "none"),
-    "grid.mode": ("before_sr", "after_sr"), "models.teacher_dtype": ("float32", "bfloat16"),
+    "grid.mode": ("before_sr", "after_sr"), "optimizer.name": ("adam", "sgd"),
+    "models.teacher_dtype": ("float32", "bfloat16"),
 }
 
 
@@ -80,7 +75,9 @@ def validate_config(config) -> None:
     for key in ("guidance_scale", "controlnet_scale", "grad_div", "grad_clamp"):
         if _get(config, key) <= 0:
             errs.append(f"{key} must be > 0")
-    n_dev = jax.device_count()
+    n_dev = config.num_devices or jax.device_count()
+    if not (config.single.enabled or config.grid.enabled):
+        errs.append("single.enabled and grid.enabled are both False: nothing to distill")
     if config.batch_size % n_dev:
         errs.append(f"batch_size={config.batch_size} is not divisible by the {n_dev} devices "
                     f"of the data axis")
@@ -94,7 +91,13 @@ def validate_config(config) -> None:
 def make_mesh(config):
     from jax.sharding import Mesh
 
-    return Mesh(np.array(jax.devices()), (config.mesh_axis,))
+    devices = jax.devices()
+    if config.num_devices:
+        if config.num_devices > len(devices):
+            raise ValueError(f"num_devices={config.num_devices} but only {len(devices)} "
+                             "devices are available")
+        devices = devices[: config.num_devices]
+    return Mesh(np.array(devices), (config.mesh_axis,))
 
 
 def _shard_teacher(frozen: dict[str, Any], mesh, axis: str) -> dict[str, Any]:
@@ -117,8 +120,29 @@ def _shard_teacher(frozen: dict[str, Any], mesh, axis: str) -> dict[str, Any]:
     return out
 
 
-def build(config) -> tuple[Models, dict[str, Any], Any, Any, Any]:
-    """Models, frozen params (placed), optimizer, the jitted step and the mesh."""
+def state_shardings(state, mesh, axis: str):
+    """Train-state shardings: the LDIS planes split over identities, the rest replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    rep = NamedSharding(mesh, PartitionSpec())
+    batch = NamedSharding(mesh, PartitionSpec(axis))
+    sh = jax.tree.map(lambda _: rep, state)
+    return sh.replace(prev_planes=batch, prev_planes_frozen=batch)
+
+
+class Built(NamedTuple):
+    models: Models
+    frozen: dict[str, Any]
+    init: Any  # () -> fresh placed TrainState
+    step: Any  # jitted (state, frozen) -> (state, metrics), state donated
+    mesh: Any
+
+
+def build(config) -> Built:
+    """Models, frozen params (placed), a fresh-state factory, the jitted step, the mesh.
+
+    The step is compiled once and can be reused by several :func:`train_and_evaluate` calls
+    with the same model/step settings (``built=``)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     models, frozen = build_models(config)
@@ -135,24 +159,33 @@ def build(config) -> tuple[Models, dict[str, Any], Any, Any, Any]:
             return da.depth_control(_m, frozen["depth"], images, size)
     optimizer = make_optimizer(config)
     sc = StepConfig.from_config(config)
+    st_sh = state_shardings(init_state(models, frozen, config, optimizer), mesh,
+                            config.mesh_axis)
+
+    def init():
+        return jax.device_put(init_state(models, frozen, config, optimizer), st_sh)
+
+    fr_sh = jax.tree.map(lambda x: x.sharding, frozen)
     step = jax.jit(functools.partial(train_step, models=models, sc=sc, optimizer=optimizer,
                                      mesh=mesh if mesh.devices.size > 1 else None,
                                      depth_fn=depth_fn),
+                   in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, replicated),
                    donate_argnums=0)
-    return models, frozen, optimizer, step, mesh
+    return Built(models, frozen, init, step, mesh)
 
 
-def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = True
-                       ) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary dict (final metrics, paths)."""
+def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = True,
+                       built: Built | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary dict (final metrics, paths, state)."""
     workdir = Path(workdir or config.workdir)
     validate_config(config)
     if config.distributed:
         jax.distributed.initialize()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    models, frozen, optimizer, step_fn, mesh = build(config)
-    state = init_state(models, frozen, config, optimizer)
+    built = built or build(config)
+    models, frozen, step_fn = built.models, built.frozen, built.step
+    state = built.init()
     mgr = checkpoint.manager(workdir, config.keep_checkpoints)
     restored = checkpoint.restore_latest(mgr, state)
     if restored is not None:
@@ -194,7 +227,7 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
             checkpoint.save(mgr, state)
     bar.close()
     summary = {"step": int(jax.device_get(state.step)), "metrics": metrics,
-               "workdir": str(workdir)}
+               "workdir": str(workdir), "state": state}
     if is_main:
         gen_dir = export_generator(workdir / "generator", models, frozen, state.params, config)
         summary["generator"] = str(gen_dir)

@@ -62,7 +62,8 @@ def merge(variables: Params, trainable: Params) -> Params:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Adam on trainable leaves; leaves matching ``optimizer.frozen`` (biases) get no update."""
+    """Adam (or SGD) on trainable leaves; leaves matching ``optimizer.frozen`` (biases) get
+    no update."""
     o = config.optimizer
     frozen = [re.compile(p) for p in o.frozen]
 
@@ -71,8 +72,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
         lab = {k: ("freeze" if any(p.search(k) for p in frozen) else "train") for k in flat}
         return params_io.unflatten(lab)
 
-    adam = optax.adam(o.lr, b1=o.b1, b2=o.b2, eps=o.eps)
-    return optax.multi_transform({"train": adam, "freeze": optax.set_to_zero()}, labels)
+    if o.name == "adam":
+        opt = optax.adam(o.lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    elif o.name == "sgd":
+        opt = optax.sgd(o.lr)
+    else:
+        raise ValueError(f"optimizer.name={o.name!r} (adam | sgd)")
+    return optax.multi_transform({"train": opt, "freeze": optax.set_to_zero()}, labels)
 
 
 # --- sampling helpers -------------------------------------------------------------------------
@@ -116,6 +122,7 @@ class StepConfig:
     grad_div: float
     grad_clamp: float
     num_inference_steps: int
+    single: bool
     sv_yaw: tuple[float, float]
     sv_pitch: tuple[float, float]
     sv_t: tuple[float, float]
@@ -132,6 +139,7 @@ class StepConfig:
     grid_weight: float
     tweedie_weight: float
     ldis_weight: float
+    fixed_batch: bool = False
     mesh_axis: str | None = None
 
     @classmethod
@@ -145,14 +153,16 @@ class StepConfig:
             controlnet_scale=float(c.controlnet_scale), alpha_index=c.alpha_index,
             grad_mask=bool(c.grad_mask), grad_div=float(c.grad_div),
             grad_clamp=float(c.grad_clamp), num_inference_steps=int(c.num_inference_steps),
-            sv_yaw=t2(c.single.yaw_range), sv_pitch=t2(c.single.pitch_range),
-            sv_t=t2(c.single.t_range), rank_weights=tuple(float(w) for w in c.single.rank_weights),
+            single=bool(c.single.enabled), sv_yaw=t2(c.single.yaw_range),
+            sv_pitch=t2(c.single.pitch_range), sv_t=t2(c.single.t_range),
+            rank_weights=tuple(float(w) for w in c.single.rank_weights),
             rank_renorm=bool(c.single.rank_renorm), mirror=bool(c.single.mirror),
             base_weight=float(c.single.base_weight), mirror_weight=float(c.single.mirror_weight),
             grid=bool(c.grid.enabled), grid_mode=c.grid.mode, grid_yaw=t2(c.grid.yaw_range),
             grid_pitch=t2(c.grid.pitch_range), grid_t=t2(c.grid.t_range),
             grid_weight=float(c.grid.weight), tweedie_weight=float(c.tweedie_weight),
-            ldis_weight=float(c.ldis_weight), mesh_axis=c.mesh_axis)
+            ldis_weight=float(c.ldis_weight), fixed_batch=bool(c.fixed_batch),
+            mesh_axis=c.mesh_axis)
 
 
 def _objective(sc: StepConfig, eps_u: Array, eps_c: Array, noise: Array, abar: Array) -> Array:
@@ -193,143 +203,166 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
                   jax.random.split(key, 13), strict=True))
     fparams = frozen["generator"]
     params = merge(fparams, trainable)
+    sg = jax.lax.stop_gradient
     z = _constrain(jax.random.normal(ks["z"], (B, G.config.z_dim)), sc, mesh)
-    ws = jax.lax.stop_gradient(conditioning_ws(models, sc, fparams, z))
+    ws = sg(conditioning_ws(models, sc, fparams, z))
     radius = G.config.avg_camera_radius
-    c = sample_cameras(ks["pose"], (B,), sc.sv_yaw, sc.sv_pitch, radius)
-    c_m = camera.mirror_camera(c)
     syn = functools.partial(G.synthesis, noise_mode=sc.noise_mode, background="none")
+    lat_size = models.latent_size
+    ts = jnp.asarray(models.timesteps)
+    ac = jnp.asarray(models.alphas_cumprod)
 
     # Tri-grids: one backbone pass per identity and generator, shared by all poses this step.
     planes = G.planes(params, ws, noise_mode=sc.noise_mode, rng=ks["noise_g"])
-    planes_f = jax.lax.stop_gradient(G.planes(fparams, ws, noise_mode=sc.noise_mode,
-                                              rng=ks["noise_f"]))
-    n_sv = 2 if sc.mirror else 1
-    sv = syn(params, jnp.concatenate([ws] * n_sv), jnp.concatenate([c, c_m][:n_sv]),
-             planes=jnp.concatenate([planes] * n_sv), rng=ks["render"])
-    sv_f = jax.tree.map(jax.lax.stop_gradient,
-                        syn(fparams, ws, c, planes=planes_f, rng=ks["render_f"]))
-    images = [sv["image"]]  # [n_sv * B, 512, 512, 3]
-    lat_size = models.latent_size
+    planes_f = sg(G.planes(fparams, ws, noise_mode=sc.noise_mode, rng=ks["noise_f"]))
 
-    grid_img = None
-    if sc.grid:
+    images, xs, tts, ctls, assign = [], [], [], [], []
+    n_sv = 2 if sc.mirror else 1
+    if sc.single:  # pose pi and its mirror pi' (after the SR)
+        c = sample_cameras(ks["pose"], (B,), sc.sv_yaw, sc.sv_pitch, radius)
+        cs = jnp.concatenate([c, camera.mirror_camera(c)][:n_sv])
+        sv = syn(params, jnp.concatenate([ws] * n_sv), cs,
+                 planes=jnp.concatenate([planes] * n_sv), rng=ks["render"])
+        sv_f = jax.tree.map(sg, syn(fparams, ws, c, planes=planes_f, rng=ks["render_f"]))
+        images.append(sv["image"])  # [n_sv * B, 512, 512, 3]
+        idx_sv = sample_step_index(ks["t_sv"], (B,), sc.sv_t, sc.num_inference_steps)
+        ctls.append(single_view_control(models.single_control, sv_f["image"],
+                                        sv_f["image_depth"], depth_fn))
+        assign += [CONTROLNET_FOR[models.single_control]] * B
+    if sc.grid:  # 4 poses of each identity in a 2x2 grid
         cg = sample_cameras(ks["grid_pose"], (B, 4), sc.grid_yaw, sc.grid_pitch, radius)
         rep = lambda x: jnp.repeat(x, 4, axis=0)  # noqa: E731
         before = sc.grid_mode == "before_sr"
         gr = syn(params, rep(ws), cg.reshape(-1, 25), planes=rep(planes), rng=ks["render"],
                  superresolution=not before)
-        need_sr_f = models.grid_control == "depth_anything"
-        gr_f = jax.tree.map(jax.lax.stop_gradient, syn(
-            fparams, rep(ws), cg.reshape(-1, 25), planes=rep(planes_f), rng=ks["render_gf"],
-            superresolution=need_sr_f))
+        gr_f = jax.tree.map(sg, syn(fparams, rep(ws), cg.reshape(-1, 25), planes=rep(planes_f),
+                                    rng=ks["render_gf"],
+                                    superresolution=models.grid_control == "depth_anything"))
         res = G.config.img_resolution // 2
-        tiles = gr["image_raw"] if before else gr["image"]
-        tiles = resize_bilinear(tiles, res, align_corners=True)
-        grid_img = losses.make_grid(tiles.reshape((B, 4) + tiles.shape[1:]))
-        images.append(grid_img)
+        tiles = resize_bilinear(gr["image_raw"] if before else gr["image"], res,
+                                align_corners=True)
+        images.append(losses.make_grid(tiles.reshape((B, 4) + tiles.shape[1:])))
         if models.grid_control == "depth_anything":
             dctl = depth_fn(gr_f["image"], res)
         elif models.grid_control == "renderer_depth":
             dctl = renderer_depth_control(gr_f["image_depth"], res)
         else:
             dctl = None
-        grid_ctl = None if dctl is None else losses.make_grid(dctl.reshape((B, 4) + dctl.shape[1:]))
-        grid_mask = losses.make_grid(resize_bilinear(gr_f["image_acc"], lat_size // 2,
-                                                     align_corners=True).reshape(
-                                                         B, 4, lat_size // 2, lat_size // 2, 1))
+        ctls.append(None if dctl is None else
+                    losses.make_grid(dctl.reshape((B, 4) + dctl.shape[1:])))
+        assign += [CONTROLNET_FOR[models.grid_control]] * B
+        half = lat_size // 2
+        grid_mask = losses.make_grid(resize_bilinear(gr_f["image_acc"], half, align_corners=True)
+                                     .reshape(B, 4, half, half, 1))
+        idx_g = sample_step_index(ks["t_grid"], (B,), sc.grid_t, sc.num_inference_steps)
 
     # One VAE pass over every image that receives a distillation gradient.
     all_images = jnp.concatenate(images)
     latents = vae_lib.encode_latents(models.vae, frozen["vae"], all_images, ks["vae"])
-    lat_sv = latents[: n_sv * B]
-    lat_grid = latents[n_sv * B:]
+    n_single = n_sv * B if sc.single else 0
+    lat_sv, lat_grid = latents[:n_single], latents[n_single:]
+    lshape = (B,) + latents.shape[1:]
+    if sc.single:
+        noise_sv = jax.random.normal(ks["eps_sv"], lshape)
+        x_sv = add_noise(ac, sg(lat_sv[:B]), noise_sv, ts[idx_sv])
+        xs.append(x_sv)
+        tts.append(ts[idx_sv])
+    if sc.grid:
+        noise_g = jax.random.normal(ks["eps_grid"], lshape)
+        xs.append(add_noise(ac, sg(lat_grid), noise_g, ts[idx_g]))
+        tts.append(ts[idx_g])
 
     # One teacher call: single views (B) then grids (B), each with its ControlNet.
-    ts = jnp.asarray(models.timesteps)
-    ac = jnp.asarray(models.alphas_cumprod)
-    idx_sv = sample_step_index(ks["t_sv"], (B,), sc.sv_t, sc.num_inference_steps)
-    noise_sv = jax.random.normal(ks["eps_sv"], (B,) + lat_sv.shape[1:])
-    x_sv = add_noise(ac, jax.lax.stop_gradient(lat_sv[:B]), noise_sv, ts[idx_sv])
-    sv_ctl = single_view_control(models.single_control, sv_f["image"], sv_f["image_depth"],
-                                 depth_fn)
-    xs, tts, ctls = [x_sv], [ts[idx_sv]], [sv_ctl]
-    assign = [CONTROLNET_FOR[models.single_control]] * B
-    if sc.grid:
-        idx_g = sample_step_index(ks["t_grid"], (B,), sc.grid_t, sc.num_inference_steps)
-        noise_g = jax.random.normal(ks["eps_grid"], (B,) + lat_grid.shape[1:])
-        x_g = add_noise(ac, jax.lax.stop_gradient(lat_grid), noise_g, ts[idx_g])
-        xs.append(x_g)
-        tts.append(ts[idx_g])
-        ctls.append(grid_ctl)
-        assign += [CONTROLNET_FOR[models.grid_control]] * B
     control = None
     if any(a is not None for a in assign):
-        full = [cc if cc is not None else jnp.zeros((B,) + all_images.shape[1:]) for cc in ctls]
-        control = jnp.concatenate(full)
+        control = jnp.concatenate([cc if cc is not None else
+                                   jnp.zeros((B,) + all_images.shape[1:]) for cc in ctls])
     out = models.teacher.eps(frozen["teacher"], jnp.concatenate(xs), jnp.concatenate(tts),
                              frozen["text"]["cond"], frozen["text"]["neg"], control,
                              controlnet=tuple(assign), control_scale=sc.controlnet_scale,
                              guidance_scale=sc.guidance_scale)
-    eps_u, eps_c, eps = out.eps_uncond, out.eps_cond, out.eps
 
     def abar(idx):
         return ac[idx] if sc.alpha_index == "step" else ac[ts[idx]]
 
-    # Single view (+ mirror).
-    mask_sv = None
-    if sc.grad_mask:
-        mask_sv = resize_bilinear(sv_f["image_acc"], lat_size, antialias=True)
-    g_sv = _objective(sc, eps_u[:B], eps_c[:B], noise_sv, abar(idx_sv))
-    if sc.rank_weights:
-        g_sv = losses.rank_weighting(g_sv, sc.rank_weights, renorm=sc.rank_renorm)
-    g_sv = losses.postprocess_grad(g_sv, mask_sv, div=sc.grad_div, clamp=sc.grad_clamp)
-    if sc.mirror:
-        loss_sv = losses.mirror_loss(lat_sv[:B], lat_sv[B:], g_sv, base_weight=sc.base_weight,
-                                     mirror_weight=sc.mirror_weight)
-    else:
-        loss_sv = sc.base_weight * losses.injected_loss(lat_sv[:B], g_sv)
-    terms = {"ld_single": loss_sv}
-    gnorm = {"grad_single": jnp.sqrt(jnp.mean(jnp.square(g_sv)))}
-
+    terms: dict[str, Array] = {}
+    aux: dict[str, Any] = {}
+    if sc.single:
+        eu, ec = out.eps_uncond[:B], out.eps_cond[:B]
+        mask = resize_bilinear(sv_f["image_acc"], lat_size, antialias=True) \
+            if sc.grad_mask else None
+        g = _objective(sc, eu, ec, noise_sv, abar(idx_sv))
+        if sc.rank_weights:
+            g = losses.rank_weighting(g, sc.rank_weights, renorm=sc.rank_renorm)
+        g = losses.postprocess_grad(g, mask, div=sc.grad_div, clamp=sc.grad_clamp)
+        if sc.mirror:
+            terms["ld_single"] = losses.mirror_loss(lat_sv[:B], lat_sv[B:], g,
+                                                    base_weight=sc.base_weight,
+                                                    mirror_weight=sc.mirror_weight)
+        else:
+            terms["ld_single"] = sc.base_weight * losses.injected_loss(lat_sv[:B], g)
+        aux.update(g_single=g, lat_single=sg(lat_sv), t_single=ts[idx_sv])
+        if sc.tweedie_weight > 0:
+            x0_lat = predict_x0(ac, x_sv, out.eps[:B], ts[idx_sv])
+            x0 = vae_lib.decode_latents(models.vae, frozen["vae"], x0_lat)
+            x0 = jnp.clip(x0 * 0.5 + 0.5, 0.0, 1.0)
+            terms["tweedie"] = sc.tweedie_weight * losses.tweedie_mse(x0, sv["image"][:B])
     if sc.grid:
-        g_g = _objective(sc, eps_u[B:], eps_c[B:], noise_g, abar(idx_g))
-        g_g = losses.postprocess_grad(g_g, grid_mask if sc.grad_mask else None,
-                                      div=sc.grad_div, clamp=sc.grad_clamp)
-        terms["ld_grid"] = sc.grid_weight * losses.injected_loss(lat_grid, g_g)
-        gnorm["grad_grid"] = jnp.sqrt(jnp.mean(jnp.square(g_g)))
-
-    if sc.tweedie_weight > 0:
-        x0_lat = predict_x0(ac, x_sv, eps[:B], ts[idx_sv])
-        x0_img = vae_lib.decode_latents(models.vae, frozen["vae"], x0_lat)
-        x0_img = jnp.clip(x0_img * 0.5 + 0.5, 0.0, 1.0)
-        terms["tweedie"] = sc.tweedie_weight * losses.tweedie_mse(x0_img, sv["image"][:B])
+        o = B if sc.single else 0
+        g = _objective(sc, out.eps_uncond[o:], out.eps_cond[o:], noise_g, abar(idx_g))
+        g = losses.postprocess_grad(g, grid_mask if sc.grad_mask else None, div=sc.grad_div,
+                                    clamp=sc.grad_clamp)
+        terms["ld_grid"] = sc.grid_weight * losses.injected_loss(lat_grid, g)
+        aux.update(g_grid=g, lat_grid=sg(lat_grid))
     if sc.ldis_weight > 0:
         shp = planes.shape[:3] + (3, planes.shape[-1] // 3)
         terms["ldis"] = sc.ldis_weight * losses.ldis(
-            jax.lax.stop_gradient(state.prev_planes).reshape(shp), planes.reshape(shp),
+            sg(state.prev_planes).reshape(shp), planes.reshape(shp),
             state.prev_planes_frozen.reshape(shp), planes_f.reshape(shp))
-    total = sum(terms.values())
-    aux = {"terms": terms, "gnorm": gnorm, "planes": jax.lax.stop_gradient(planes),
-           "planes_frozen": planes_f, "t_single": ts[idx_sv]}
-    return total, aux
+    aux.update(terms=terms, planes=sg(planes), planes_frozen=planes_f)
+    return sum(terms.values()), aux
+
+
+def step_key(state: TrainState, sc: StepConfig) -> Array:
+    """``fold_in(root, step)`` (``fold_in(root, 0)`` every step with ``fixed_batch``)."""
+    root = jax.random.wrap_key_data(state.rng)
+    return jax.random.fold_in(root, 0 if sc.fixed_batch else state.step)
+
+
+def surrogate(aux: dict[str, Any], aux_ref: dict[str, Any], sc: StepConfig) -> Array:
+    """Distillation surrogate of the latents in ``aux`` with the gradients of ``aux_ref`` held
+    fixed: ``base <g, l> + mirror <flip g, l'> + grid <g_grid, l_grid>``. A training step on
+    that batch should decrease it."""
+    B = sc.batch_size
+    total = jnp.zeros(())
+    if "g_single" in aux_ref:
+        g, lat = aux_ref["g_single"], aux["lat_single"]
+        total += sc.base_weight * jnp.sum(g * lat[:B])
+        if sc.mirror:
+            total += sc.mirror_weight * jnp.sum(jnp.flip(g, axis=2) * lat[B:])
+    if "g_grid" in aux_ref:
+        total += sc.grid_weight * jnp.sum(aux_ref["g_grid"] * aux["lat_grid"])
+    return total
 
 
 def train_step(state: TrainState, frozen: Params, *, models: Models, sc: StepConfig,
                optimizer: optax.GradientTransformation, mesh=None,
                depth_fn: Callable | None = None) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step. Pure: same (state, frozen) -> same result."""
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    key = step_key(state, sc)
     grad_fn = jax.grad(loss_and_aux, has_aux=True)
     grads, aux = grad_fn(state.params, state, frozen, key, models=models, sc=sc, mesh=mesh,
                          depth_fn=depth_fn)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {k: v for k, v in aux["terms"].items()}
-    metrics.update(aux["gnorm"])
+    metrics = dict(aux["terms"])
+    for name in ("g_single", "g_grid"):
+        if name in aux:
+            metrics["rms_" + name] = jnp.sqrt(jnp.mean(jnp.square(aux[name])))
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["update_norm"] = optax.global_norm(updates)
-    metrics["t_single"] = jnp.mean(aux["t_single"].astype(jnp.float32))
+    if "t_single" in aux:
+        metrics["t_single"] = jnp.mean(aux["t_single"].astype(jnp.float32))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                         prev_planes=aux["planes"], prev_planes_frozen=aux["planes_frozen"])
     return new, metrics
@@ -353,4 +386,5 @@ def init_state(models: Models, frozen: Params, config, optimizer) -> TrainState:
     p0 = first_planes(frozen["generator"], z0, jax.random.fold_in(root, 0x7FFFFFFE))
     return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
                       opt_state=optimizer.init(trainable), prev_planes=p0,
-                      prev_planes_frozen=p0, rng=jax.random.key_data(root))
+                      prev_planes_frozen=jnp.array(p0, copy=True),
+                      rng=jax.random.key_data(root))
