@@ -94,12 +94,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- sharding / multi-host
     c.mesh_axis = "data"
-    c.num_devices = 0  # devices on the data axis (0 = all local/global devices)
+    c.num_devices = 0  # devices on the data axis (0: as many as split batch_size evenly)
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
 
     # --- logging
     c.log_every = 10
-    c.preview_every = 250
+    c.preview_every = 250  # 0: no previews
     c.preview_identities = 3
     c.checkpoint_every = 250
     c.keep_checkpoints = 3

@@ -16,13 +16,13 @@ def get_config():
     c.models.sd = "demo"
     c.prompt = "Portrait of a zombie"
     c.workdir = "runs/demo"
-    c.steps = 6
+    c.steps = 4
     c.optimizer.lr = 1e-3  # larger steps so that a few iterations visibly change the generator
     c.grid.control = "renderer_depth"  # no Depth Anything in the demo
     c.log_every = 1
-    c.preview_every = 3
+    c.preview_every = 2
     c.preview_identities = 2
-    c.checkpoint_every = 3
+    c.checkpoint_every = 2
     c.final_turntable_identities = 1
     c.final_turntable_frames = 8
     return c

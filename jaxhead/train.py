@@ -54,7 +54,9 @@ def validate_config(config) -> None:
             errs.append(f"{key}={_get(config, key)!r} (choose from {allowed})")
     if not config.prompt:
         errs.append("prompt is empty (use a style config, or --config.prompt='...')")
-    for key in ("steps", "batch_size", "log_every", "preview_every", "checkpoint_every",
+    if config.preview_every < 0:
+        errs.append("preview_every must be >= 0 (0 disables previews)")
+    for key in ("steps", "batch_size", "log_every", "checkpoint_every",
                 "keep_checkpoints", "num_inference_steps"):
         if int(_get(config, key)) < 1:
             errs.append(f"{key} must be >= 1, got {_get(config, key)}")
@@ -75,7 +77,7 @@ def validate_config(config) -> None:
     for key in ("guidance_scale", "controlnet_scale", "grad_div", "grad_clamp"):
         if _get(config, key) <= 0:
             errs.append(f"{key} must be > 0")
-    n_dev = config.num_devices or jax.device_count()
+    n_dev = config.num_devices or 1
     if not (config.single.enabled or config.grid.enabled):
         errs.append("single.enabled and grid.enabled are both False: nothing to distill")
     if config.batch_size % n_dev:
@@ -92,7 +94,10 @@ def make_mesh(config):
     from jax.sharding import Mesh
 
     devices = jax.devices()
-    if config.num_devices:
+    if not config.num_devices:  # the most devices that split the batch evenly
+        n = max(d for d in range(1, len(devices) + 1) if config.batch_size % d == 0)
+        devices = devices[:n]
+    elif config.num_devices:
         if config.num_devices > len(devices):
             raise ValueError(f"num_devices={config.num_devices} but only {len(devices)} "
                              "devices are available")
@@ -217,7 +222,8 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in
                              ("ld_single", "ld_grid", "tweedie", "ldis") if k in metrics})
         bar.update(1)
-        if is_main and (s % config.preview_every == 0 or s == config.steps):
+        if is_main and config.preview_every > 0 and (s % config.preview_every == 0
+                                                     or s == config.steps):
             if preview_fn is None:
                 from jaxhead.training.preview import make_preview_fn
 
@@ -276,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                                     lock_config=True)
 
     def _main(_):
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         try:
             train_and_evaluate(flags_.config)
         except (FileNotFoundError, ValueError) as e:

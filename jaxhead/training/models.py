@@ -187,17 +187,26 @@ def random_params(shapes: Any, seed: int) -> Any:
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
-def demo_models(config) -> tuple[Models, dict[str, Any]]:
-    """Tiny PanoHead + tiny SD stack with random weights (the ``demo`` config)."""
+def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
+    """PanoHead + SD stack with random weights built in code: ``size="demo"`` tiny models (the
+    ``demo`` config), ``size="full"`` the released PanoHead and SD 1.5 architectures (for
+    benchmarks; about 2 GB of parameters)."""
+    from jaxhead.models.panohead import PanoHeadConfig
+    from jaxhead.models.panohead.demo import demo_params
     from jaxhead.models.sd_convert import param_shapes
 
     seed = int(config.seed)
-    G, g_params = demo_generator(seed)
-    vae_mod = AutoencoderKL(VAEConfig(**DEMO_VAE))
+    full = size == "full"
+    if full:
+        G = PanoHead(PanoHeadConfig())
+        g_params = demo_params(G, seed)
+    else:
+        G, g_params = demo_generator(seed)
+    vae_mod = AutoencoderKL(VAEConfig() if full else VAEConfig(**DEMO_VAE))
     s = vae_mod.config.downscale
     vae_params = random_params(param_shapes(vae_mod, np.zeros((1, s, s, 3), np.float32)),
                                seed + 1)
-    ucfg = UNetConfig(**DEMO_UNET)
+    ucfg = UNetConfig() if full else UNetConfig(**DEMO_UNET)
     unet = UNet2DConditionModel(ucfg)
     x = np.zeros((1, 8, 8, 4), np.float32)
     ctx = np.zeros((1, 77, ucfg.cross_attention_dim), np.float32)
@@ -205,15 +214,15 @@ def demo_models(config) -> tuple[Models, dict[str, Any]]:
     unet_params = random_params(param_shapes(unet, x, t, ctx), seed + 2)
     cns, cn_params = [], {}
     for i, name in enumerate(controlnet_names(config)):
-        ccfg = ControlNetConfig(**{k: v for k, v in DEMO_UNET.items()
-                                   if k != "up_block_types"},
-                                conditioning_embedding_out_channels=DEMO_CONTROL_CHANNELS)
+        ccfg = ControlNetConfig() if full else ControlNetConfig(
+            **{k: v for k, v in DEMO_UNET.items() if k != "up_block_types"},
+            conditioning_embedding_out_channels=DEMO_CONTROL_CHANNELS)
         cn = ControlNetModel(ccfg)
         ctl = np.zeros((1, 64, 64, 3), np.float32)
         cn_params[name] = random_params(param_shapes(cn, x, t, ctx, ctl, 1.0), seed + 3 + i)
         cns.append((name, cn))
     teacher = Teacher(unet, tuple(cns))
-    clip_cfg = clip_text.CLIPTextConfig(**DEMO_CLIP)
+    clip_cfg = clip_text.CLIPTextConfig() if full else clip_text.CLIPTextConfig(**DEMO_CLIP)
     clip = clip_text.CLIPTextModel(clip_cfg)
     clip_params = random_params(param_shapes(clip, np.zeros((1, 77), np.int32)), seed + 9)
     tok = DemoTokenizer(clip_cfg.vocab_size)

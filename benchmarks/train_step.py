@@ -1,0 +1,103 @@
+"""Seconds per training step and peak memory: the demo config and the full paper configuration.
+
+    python -m benchmarks.train_step [--configs demo,full] [--steps 2]
+
+``full`` = the released PanoHead (tri-grid 256, 48 + 48 samples, 64 px, SR 512) and the SD 1.5
+UNet + two ControlNets (edge for the single view, depth for the grid) + VAE + CLIP text, all with
+random weights built in code; single view + mirror + 2x2 grid (before SR, renderer-depth
+control since no Depth Anything weights are used), Tweedie and LDIS terms: the paper's step.
+Each configuration runs in its own subprocess; peak = process max RSS (CPU) or the device's
+peak bytes in use (GPU). Compile = lower + compile of the jitted step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def measure(name: str, steps: int, teacher_dtype: str) -> dict:
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from configs import demo, pixar
+    from jaxhead.train import make_mesh, state_shardings
+    from jaxhead.training.models import demo_models
+    from jaxhead.training.step import StepConfig, init_state, make_optimizer, train_step
+
+    c = demo.get_config() if name == "demo" else pixar.get_config()
+    c.grid.control = "renderer_depth"
+    c.models.teacher_dtype = teacher_dtype
+    t0 = time.perf_counter()
+    models, frozen = demo_models(c, size="demo" if name == "demo" else "full")
+    if teacher_dtype == "bfloat16":
+        frozen["teacher"] = jax.tree.map(lambda x: x.astype("bfloat16"), frozen["teacher"])
+    t_build = time.perf_counter() - t0
+    mesh = make_mesh(c)
+    opt = make_optimizer(c)
+    state = init_state(models, frozen, c, opt)
+    st_sh = state_shardings(state, mesh, c.mesh_axis)
+    rep = NamedSharding(mesh, PartitionSpec())
+    step = jax.jit(lambda s, f: train_step(s, f, models=models, sc=StepConfig.from_config(c),
+                                           optimizer=opt),
+                   in_shardings=(st_sh, jax.tree.map(lambda _: rep, frozen)),
+                   out_shardings=(st_sh, rep), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, frozen).compile()
+    t_compile = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = compiled(state, frozen)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    mem = compiled.memory_analysis()
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    peak = (stats or {}).get("peak_bytes_in_use") or \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    n_params = sum(x.size for x in jax.tree.leaves(frozen))
+    return {"config": name, "dtype": teacher_dtype, "build_s": t_build, "compile_s": t_compile,
+            "step_s": min(times), "steps": times, "peak_bytes": peak,
+            "peak_kind": "device" if stats else "RSS", "device": dev.device_kind,
+            "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+            "frozen_values": int(n_params)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--configs", default="demo,full")
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._child:
+        print(json.dumps(measure(args._child, args.steps, args.teacher_dtype)))
+        return 0
+    rows = []
+    for name in args.configs.split(","):
+        out = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--steps",
+                              str(args.steps), "--teacher-dtype", args.teacher_dtype,
+                              "--_child", name], capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            print(f"{name}: failed (exit {out.returncode})\n{out.stderr[-3000:]}",
+                  file=sys.stderr)
+            continue
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    gib = 2.0 ** 30
+    print(f"{'config':<8}{'dtype':<10}{'build s':>9}{'compile s':>11}{'s/step':>9}"
+          f"{'XLA temp GiB':>14}{'peak GiB':>10}  device")
+    for r in rows:
+        print(f"{r['config']:<8}{r['dtype']:<10}{r['build_s']:>9.1f}{r['compile_s']:>11.1f}"
+              f"{r['step_s']:>9.1f}{(r['temp_bytes'] or 0) / gib:>14.2f}"
+              f"{r['peak_bytes'] / gib:>10.2f}  {r['device']} ({r['peak_kind']}); "
+              f"frozen values {r['frozen_values'] / 1e6:.0f} M")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
