@@ -1,6 +1,6 @@
 """Benchmark of the SD 1.5 teacher call (UNet + ControlNet, CFG) with random weights.
 
-    flock /work/heavy.lock python benchmarks/teacher.py [--repeats 2] [--only jax-fp32-b1,...]
+    python -m benchmarks.teacher [--repeats 2] [--only jax-fp32-b1,...]
 
 Each configuration runs in its own subprocess so its peak RSS (``ru_maxrss``: parameters +
 activations + compiler) is clean. Reported per configuration: compile time of the jitted

@@ -1,6 +1,6 @@
 """Full-size SD 1.5 UNet (≈860 M parameters, random weights): diffusers vs jaxhead on one
 64x64 latent CFG batch, with ControlNet-style residuals injected. Heavy (~7 GB RAM, minutes on
-2 cores); run alone: ``flock /work/heavy.lock python -m pytest -q -m slow tests/``."""
+2 cores); run alone: ``python -m pytest -q -m slow tests/``."""
 
 import gc
 import time
