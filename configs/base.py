@@ -92,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.models.lpips = ""  # hook: converted LPIPS weights (not ported yet)
 
+    # --- memory
+    c.remat = True  # recompute renders / VAE encoder activations in the backward pass
+
     # --- sharding / multi-host
     c.mesh_axis = "data"
     c.num_devices = 0  # devices on the data axis (0: as many as split batch_size evenly)

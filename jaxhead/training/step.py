@@ -140,6 +140,7 @@ class StepConfig:
     tweedie_weight: float
     ldis_weight: float
     fixed_batch: bool = False
+    remat: bool = False
     mesh_axis: str | None = None
 
     @classmethod
@@ -162,6 +163,7 @@ class StepConfig:
             grid_pitch=t2(c.grid.pitch_range), grid_t=t2(c.grid.t_range),
             grid_weight=float(c.grid.weight), tweedie_weight=float(c.tweedie_weight),
             ldis_weight=float(c.ldis_weight), fixed_batch=bool(c.fixed_batch),
+            remat=bool(c.remat),
             mesh_axis=c.mesh_axis)
 
 
@@ -192,6 +194,18 @@ def _constrain(x: Array, sc: StepConfig, mesh) -> Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def _maybe_remat(fn: Callable, on: bool, static: tuple[str, ...] = ()) -> Callable:
+    """``jax.checkpoint(fn)`` (keyword arguments in ``static`` treated as static) or ``fn``."""
+    if not on:
+        return fn
+
+    def wrapped(*args, **kwargs):
+        st = {k: kwargs.pop(k) for k in static if k in kwargs}
+        return jax.checkpoint(lambda a, kw: fn(*a, **kw, **st))(args, kwargs)
+
+    return wrapped
+
+
 def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Array, *,
                  models: Models, sc: StepConfig, mesh=None, depth_fn: Callable | None = None
                  ) -> tuple[Array, dict[str, Any]]:
@@ -208,6 +222,9 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
     ws = sg(conditioning_ws(models, sc, fparams, z))
     radius = G.config.avg_camera_radius
     syn = functools.partial(G.synthesis, noise_mode=sc.noise_mode, background="none")
+    # Trained-generator renders: with remat, their activations are recomputed in the backward
+    # pass instead of being held alongside the VAE's (peak memory ~ the largest part).
+    syn_t = _maybe_remat(syn, sc.remat, static=("superresolution",))
     lat_size = models.latent_size
     ts = jnp.asarray(models.timesteps)
     ac = jnp.asarray(models.alphas_cumprod)
@@ -221,7 +238,7 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
     if sc.single:  # pose pi and its mirror pi' (after the SR)
         c = sample_cameras(ks["pose"], (B,), sc.sv_yaw, sc.sv_pitch, radius)
         cs = jnp.concatenate([c, camera.mirror_camera(c)][:n_sv])
-        sv = syn(params, jnp.concatenate([ws] * n_sv), cs,
+        sv = syn_t(params, jnp.concatenate([ws] * n_sv), cs,
                  planes=jnp.concatenate([planes] * n_sv), rng=ks["render"])
         sv_f = jax.tree.map(sg, syn(fparams, ws, c, planes=planes_f, rng=ks["render_f"]))
         images.append(sv["image"])  # [n_sv * B, 512, 512, 3]
@@ -233,7 +250,7 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
         cg = sample_cameras(ks["grid_pose"], (B, 4), sc.grid_yaw, sc.grid_pitch, radius)
         rep = lambda x: jnp.repeat(x, 4, axis=0)  # noqa: E731
         before = sc.grid_mode == "before_sr"
-        gr = syn(params, rep(ws), cg.reshape(-1, 25), planes=rep(planes), rng=ks["render"],
+        gr = syn_t(params, rep(ws), cg.reshape(-1, 25), planes=rep(planes), rng=ks["render"],
                  superresolution=not before)
         gr_f = jax.tree.map(sg, syn(fparams, rep(ws), cg.reshape(-1, 25), planes=rep(planes_f),
                                     rng=ks["render_gf"],
@@ -256,9 +273,16 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
                                      .reshape(B, 4, half, half, 1))
         idx_g = sample_step_index(ks["t_grid"], (B,), sc.grid_t, sc.num_inference_steps)
 
-    # One VAE pass over every image that receives a distillation gradient.
+    # The VAE encoder (differentiated w.r.t. the images): one pass over every image that
+    # receives a distillation gradient, or one checkpointed pass per image group with remat.
     all_images = jnp.concatenate(images)
-    latents = vae_lib.encode_latents(models.vae, frozen["vae"], all_images, ks["vae"])
+    encode = _maybe_remat(lambda p, x, k: vae_lib.encode_latents(models.vae, p, x, k), sc.remat)
+    if sc.remat:
+        kv = jax.random.split(ks["vae"], len(images))
+        latents = jnp.concatenate([encode(frozen["vae"], im, k) for im, k in zip(images, kv,
+                                                                                   strict=True)])
+    else:
+        latents = encode(frozen["vae"], all_images, ks["vae"])
     n_single = n_sv * B if sc.single else 0
     lat_sv, lat_grid = latents[:n_single], latents[n_single:]
     lshape = (B,) + latents.shape[1:]
