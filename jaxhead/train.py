@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import numpy as np
 from tqdm import tqdm
@@ -171,9 +172,12 @@ def build(config) -> Built:
         return jax.device_put(init_state(models, frozen, config, optimizer), st_sh)
 
     fr_sh = jax.tree.map(lambda x: x.sharding, frozen)
-    step = jax.jit(functools.partial(train_step, models=models, sc=sc, optimizer=optimizer,
-                                     mesh=mesh if mesh.devices.size > 1 else None,
-                                     depth_fn=depth_fn),
+    # Traced exactly once: a second trace (e.g. a sharding mismatch) raises instead of
+    # silently recompiling the whole step.
+    fn = chex.assert_max_traces(functools.partial(
+        train_step, models=models, sc=sc, optimizer=optimizer,
+        mesh=mesh if mesh.devices.size > 1 else None, depth_fn=depth_fn), n=1)
+    step = jax.jit(fn,
                    in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, replicated),
                    donate_argnums=0)
     return Built(models, frozen, init, step, mesh)

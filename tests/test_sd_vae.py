@@ -98,3 +98,17 @@ def test_vae_deprecated_attention_names():
     assert any(".query." in k for k in sd)
     params_old = vae_lib.convert(sd, dict(tv.config))
     jax.tree.map(np.testing.assert_array_equal, params_old, params)
+
+
+def test_encoder_remat_same_values_and_gradient():
+    _, module, params, _, _ = _model()
+    remat = module.clone(remat=True)
+    x = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32))
+
+    def f(m):
+        return jax.jit(jax.value_and_grad(
+            lambda x: jnp.sum(vae_lib.encode_latents(m, params, x, jax.random.key(0)) ** 2)))(x)
+
+    (v0, g0), (v1, g1) = f(module), f(remat)
+    np.testing.assert_allclose(float(v0), float(v1), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g0), np.asarray(g1), rtol=1e-5, atol=1e-6)

@@ -488,12 +488,14 @@ class DownEncoderBlock2D(nn.Module):
     add_downsample: bool
     groups: int = 32
     dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each ResNet block in the backward pass (saves memory)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        block = nn.remat(ResnetBlock2D) if self.remat else ResnetBlock2D
         for i in range(self.num_layers):
-            x = ResnetBlock2D(self.out_channels, self.groups, eps=1e-6, dtype=self.dtype,
-                              name=f"resnets_{i}")(x)
+            x = block(self.out_channels, self.groups, eps=1e-6, dtype=self.dtype,
+                      name=f"resnets_{i}")(x)
         if self.add_downsample:
             x = Downsample2D(self.out_channels, 0, self.dtype, name="downsamplers_0")(x)
         return x

@@ -126,6 +126,7 @@ class Encoder(nn.Module):
     config: VAEConfig
     attention_impl: str = "auto"
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -134,7 +135,8 @@ class Encoder(nn.Module):
         x = L.conv2d(ch[0], 3, dt, "conv_in")(x.astype(dt))
         for i, c in enumerate(ch):
             x = L.DownEncoderBlock2D(c, cfg.layers_per_block, i < len(ch) - 1,
-                                     cfg.norm_num_groups, dt, name=f"down_blocks_{i}")(x)
+                                     cfg.norm_num_groups, dt, self.remat,
+                                     name=f"down_blocks_{i}")(x)
         x = L.UNetMidBlock2D(cfg.norm_num_groups, cfg.mid_block_add_attention,
                              self.attention_impl, dt, name="mid_block")(x)
         x = nn.silu(L.group_norm(cfg.norm_num_groups, 1e-6, dt, "conv_norm_out")(x))
@@ -170,10 +172,11 @@ class AutoencoderKL(nn.Module):
     config: VAEConfig
     dtype: Any = jnp.float32
     attention_impl: str = "auto"
+    remat: bool = False  # rematerialize the encoder's ResNet blocks (memory of its gradient)
 
     def setup(self) -> None:
         cfg, dt = self.config, self.dtype
-        self.encoder = Encoder(cfg, self.attention_impl, dt)
+        self.encoder = Encoder(cfg, self.attention_impl, dt, self.remat)
         self.decoder = Decoder(cfg, self.attention_impl, dt)
         # (setup assigns names from attributes, so no ``name=`` here)
         if cfg.use_quant_conv:

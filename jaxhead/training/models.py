@@ -110,6 +110,7 @@ def load_models(config) -> tuple[Models, dict[str, Any]]:
     G, g_params = load_panohead(m.generator)
     sd = Path(m.sd)
     vae_mod, vae_params = vae_lib.load(sd / "vae")
+    vae_mod = vae_mod.clone(remat=bool(config.remat))
     teacher, t_params = load_teacher(sd, controlnets=controlnet_names(config), dtype=dtype)
     tok = clip_text.load_tokenizer(sd / "tokenizer")
     clip, clip_params = clip_text.load(sd / "text_encoder")
@@ -202,12 +203,14 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
         g_params = demo_params(G, seed)
     else:
         G, g_params = demo_generator(seed)
-    vae_mod = AutoencoderKL(VAEConfig() if full else VAEConfig(**DEMO_VAE))
+    vae_mod = AutoencoderKL(VAEConfig() if full else VAEConfig(**DEMO_VAE),
+                            remat=bool(config.remat))
     s = vae_mod.config.downscale
     vae_params = random_params(param_shapes(vae_mod, np.zeros((1, s, s, 3), np.float32)),
                                seed + 1)
+    tdtype = jnp.bfloat16 if config.models.teacher_dtype == "bfloat16" else jnp.float32
     ucfg = UNetConfig() if full else UNetConfig(**DEMO_UNET)
-    unet = UNet2DConditionModel(ucfg)
+    unet = UNet2DConditionModel(ucfg, dtype=tdtype)
     x = np.zeros((1, 8, 8, 4), np.float32)
     ctx = np.zeros((1, 77, ucfg.cross_attention_dim), np.float32)
     t = np.zeros((1,), np.int32)
@@ -217,11 +220,15 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
         ccfg = ControlNetConfig() if full else ControlNetConfig(
             **{k: v for k, v in DEMO_UNET.items() if k != "up_block_types"},
             conditioning_embedding_out_channels=DEMO_CONTROL_CHANNELS)
-        cn = ControlNetModel(ccfg)
+        cn = ControlNetModel(ccfg, dtype=tdtype)
         ctl = np.zeros((1, 64, 64, 3), np.float32)
         cn_params[name] = random_params(param_shapes(cn, x, t, ctx, ctl, 1.0), seed + 3 + i)
         cns.append((name, cn))
     teacher = Teacher(unet, tuple(cns))
+    if tdtype != jnp.float32:
+        from jaxhead.models.sd_convert import cast_params
+
+        unet_params, cn_params = cast_params((unet_params, cn_params), tdtype)
     clip_cfg = clip_text.CLIPTextConfig() if full else clip_text.CLIPTextConfig(**DEMO_CLIP)
     clip = clip_text.CLIPTextModel(clip_cfg)
     clip_params = random_params(param_shapes(clip, np.zeros((1, 77), np.int32)), seed + 9)
