@@ -88,9 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- extra terms (official defaults)
     c.tweedie_weight = 0.1  # |x0_hat - (img + 1) / 2|^2 of the single view
     c.ldis_weight = 1.0  # relative distances of tri-planes of consecutive batches
-    c.lpips_weight = 0.0  # official 0.05 with LPIPS(alex); needs c.models.lpips weights
-
-    c.models.lpips = ""  # hook: converted LPIPS weights (not ported yet)
+    c.lpips_weight = 0.0  # official 0.05 with LPIPS(alex): a hook, build(perceptual_fn=...)
 
     # --- memory
     c.remat = True  # recompute renders / VAE encoder activations in the backward pass

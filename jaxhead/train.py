@@ -84,9 +84,6 @@ def validate_config(config) -> None:
     if config.batch_size % n_dev:
         errs.append(f"batch_size={config.batch_size} is not divisible by the {n_dev} devices "
                     f"of the data axis")
-    if config.lpips_weight > 0:
-        errs.append("lpips_weight > 0 needs LPIPS weights (models.lpips), which are not "
-                    "ported yet: set lpips_weight=0")
     if errs:
         raise ValueError("invalid config:\n  - " + "\n  - ".join(errs))
 
@@ -144,11 +141,12 @@ class Built(NamedTuple):
     mesh: Any
 
 
-def build(config) -> Built:
+def build(config, perceptual_fn: Any = None) -> Built:
     """Models, frozen params (placed), a fresh-state factory, the jitted step, the mesh.
 
     The step is compiled once and can be reused by several :func:`train_and_evaluate` calls
-    with the same model/step settings (``built=``)."""
+    with the same model/step settings (``built=``). ``perceptual_fn(x0_hat, render) -> [B]``
+    (images in [-1, 1]) is the hook for an LPIPS-like term weighted by ``lpips_weight``."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     models, frozen = build_models(config)
@@ -157,12 +155,6 @@ def build(config) -> Built:
     frozen = jax.tree.map(lambda x: jax.device_put(x, replicated), frozen)
     if config.models.shard_teacher and mesh.devices.size > 1:
         frozen = _shard_teacher(frozen, mesh, config.mesh_axis)
-    depth_fn = None
-    if models.depth is not None:
-        from jaxhead.models import depth_anything as da
-
-        def depth_fn(images, size, _m=models.depth):
-            return da.depth_control(_m, frozen["depth"], images, size)
     optimizer = make_optimizer(config)
     sc = StepConfig.from_config(config)
     st_sh = state_shardings(init_state(models, frozen, config, optimizer), mesh,
@@ -176,7 +168,7 @@ def build(config) -> Built:
     # silently recompiling the whole step.
     fn = chex.assert_max_traces(functools.partial(
         train_step, models=models, sc=sc, optimizer=optimizer,
-        mesh=mesh if mesh.devices.size > 1 else None, depth_fn=depth_fn), n=1)
+        mesh=mesh if mesh.devices.size > 1 else None, perceptual_fn=perceptual_fn), n=1)
     step = jax.jit(fn,
                    in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, replicated),
                    donate_argnums=0)
@@ -192,7 +184,12 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
         jax.distributed.initialize()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    built = built or build(config)
+    if built is None:
+        if config.lpips_weight > 0:
+            raise ValueError("lpips_weight > 0 needs a perceptual function: LPIPS(alex) is not "
+                             "ported yet; pass build(config, perceptual_fn=...) to "
+                             "train_and_evaluate(built=...), or set lpips_weight=0")
+        built = build(config)
     models, frozen, step_fn = built.models, built.frozen, built.step
     state = built.init()
     mgr = checkpoint.manager(workdir, config.keep_checkpoints)

@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -42,8 +43,9 @@ def demo_run(tmp_path_factory):
     c.tweedie_weight = 0.0
     c.ldis_weight = 0.0
     c.final_turntable_frames = 8
+    c.lpips_weight = 1e-6  # the perceptual hook, with a stand-in distance (negligible weight)
     wd = tmp_path_factory.mktemp("demo_run")
-    built = train.build(c)
+    built = train.build(c, perceptual_fn=lambda x, y: jnp.mean(jnp.abs(x - y), axis=(1, 2, 3)))
     state0 = built.init()
     summary = train.train_and_evaluate(c, wd, progress=False, built=built)
     return c, built, state0, summary, wd
@@ -54,7 +56,8 @@ def test_demo_run_outputs(demo_run):
     lines = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2]
     for x in lines:
-        assert {"ld_single", "ld_grid", "grad_norm"} <= set(x)
+        assert {"ld_single", "ld_grid", "lpips", "grad_norm"} <= set(x)
+        assert 0 < x["lpips"] < 2e-6
         assert all(np.isfinite(v) for v in x.values())
     assert (wd / "previews" / "000002_views.png").is_file()
     assert (wd / "previews" / "000002_grid.png").is_file()
@@ -170,3 +173,29 @@ def test_config_errors_before_compute(tmp_path):
     msg = str(e.value)
     assert "convert_weights.panohead" in msg and "convert_weights.diffusers" in msg
     assert "controlnet_edge" in msg and "controlnet_depth" in msg
+
+
+def test_depth_anything_grid_control(tmp_path):
+    """Grid control from Depth Anything (a tiny random one) inside the jitted step."""
+    c = _micro(**{"grid.control": "depth_anything"})
+    b = train.build(c)
+    assert b.models.grid_control == "depth_anything" and b.models.depth is not None
+    state, m = b.step(b.init(), b.frozen)
+    m = jax.device_get(m)
+    assert np.isfinite(float(m["ld_grid"])) and float(m["rms_g_grid"]) > 0
+
+
+def test_grid_control_resolution(tmp_path):
+    """'depth' uses Depth Anything when its converted weights exist, else the renderer depth."""
+    from configs import pixar
+    from jaxhead.training.models import _resolve_grid_control
+
+    c = pixar.get_config()
+    c.models.depth_anything = str(tmp_path / "da")
+    assert _resolve_grid_control(c) == "renderer_depth"
+    params_io.save_params(tmp_path / "da", {"w": np.zeros(1, np.float32)}, {"model": "x"})
+    assert _resolve_grid_control(c) == "depth_anything"
+    c.grid.control = "renderer_depth"
+    assert _resolve_grid_control(c) == "renderer_depth"
+    c.grid.enabled = False
+    assert _resolve_grid_control(c) == "none"

@@ -33,7 +33,7 @@ def single_view_control(kind: str, image: Array, depth: Array | None = None,
     if kind == "canny":
         return canny_control(jax.lax.stop_gradient(image))
     if kind == "depth":
-        if depth_fn is not None:
+        if depth_fn is not None:  # Depth Anything
             return depth_fn(image, image.shape[1])
         return renderer_depth_control(depth, image.shape[1])
     raise ValueError(f"unknown single-view control {kind!r}")

@@ -119,7 +119,8 @@ def load_models(config) -> tuple[Models, dict[str, Any]]:
     del clip_params
     sched = NoiseSchedule.from_file(sd / "scheduler")
     depth, d_params, grid_control = None, None, _resolve_grid_control(config)
-    if grid_control == "depth_anything":
+    if grid_control == "depth_anything" or (config.single.control == "depth" and _converted(
+            Path(m.depth_anything))):
         from jaxhead.models import depth_anything as da
 
         depth, d_params = da.load(m.depth_anything)
@@ -148,6 +149,8 @@ DEMO_UNET = dict(block_out_channels=(32, 64), down_block_types=("DownBlock2D",
                  num_attention_heads=(2, 2), transformer_layers_per_block=(1, 1))
 DEMO_CONTROL_CHANNELS = (8, 8, 16, 16)  # 8x down: 512 px control for 64 px latents
 DEMO_VAE = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8)
+DEMO_DEPTH = dict(embed_dim=32, depth=4, num_heads=2, intermediate_layers=(0, 1, 2, 3),
+                  features=16, out_channels=(8, 16, 16, 32), head_hidden=8)
 DEMO_CLIP = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                  num_attention_heads=2, max_position_embeddings=77, eos_token_id=999)
 
@@ -238,18 +241,23 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
     sched = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
                                        "beta_end": 0.012, "steps_offset": 1,
                                        "set_alpha_to_one": False})
+    # Depth Anything only when asked for explicitly ("depth" resolves to renderer depth here).
     grid_control = "none" if not config.grid.enabled else (
         "renderer_depth" if config.grid.control in ("depth", "renderer_depth") else
         config.grid.control)
+    depth, d_params = None, None
     if grid_control == "depth_anything":
-        raise ValueError("the demo config has no Depth Anything model; use grid.control="
-                         "'renderer_depth' or 'depth'")
+        from jaxhead.models import depth_anything as da
+
+        dcfg = da.CONFIGS["vitb"] if full else da.DepthAnythingConfig(**DEMO_DEPTH)
+        depth = da.DepthAnythingV2(dcfg)
+        d_params = random_params(depth.param_shapes(), seed + 11)
     models = Models(G, vae_mod, teacher, np.asarray(sched.alphas_cumprod, np.float32),
-                    sched.timesteps(config.num_inference_steps), None, grid_control,
+                    sched.timesteps(config.num_inference_steps), depth, grid_control,
                     config.single.control, demo=True)
     return models, {"generator": g_params, "vae": vae_params,
                     "teacher": {"unet": unet_params, "controlnets": cn_params},
-                    "depth": None, "text": text}
+                    "depth": d_params, "text": text}
 
 
 def build_models(config) -> tuple[Models, dict[str, Any]]:

@@ -139,6 +139,7 @@ class StepConfig:
     grid_weight: float
     tweedie_weight: float
     ldis_weight: float
+    lpips_weight: float
     fixed_batch: bool = False
     remat: bool = False
     mesh_axis: str | None = None
@@ -162,9 +163,8 @@ class StepConfig:
             grid=bool(c.grid.enabled), grid_mode=c.grid.mode, grid_yaw=t2(c.grid.yaw_range),
             grid_pitch=t2(c.grid.pitch_range), grid_t=t2(c.grid.t_range),
             grid_weight=float(c.grid.weight), tweedie_weight=float(c.tweedie_weight),
-            ldis_weight=float(c.ldis_weight), fixed_batch=bool(c.fixed_batch),
-            remat=bool(c.remat),
-            mesh_axis=c.mesh_axis)
+            ldis_weight=float(c.ldis_weight), lpips_weight=float(c.lpips_weight),
+            fixed_batch=bool(c.fixed_batch), remat=bool(c.remat), mesh_axis=c.mesh_axis)
 
 
 def _objective(sc: StepConfig, eps_u: Array, eps_c: Array, noise: Array, abar: Array) -> Array:
@@ -207,9 +207,13 @@ def _maybe_remat(fn: Callable, on: bool, static: tuple[str, ...] = ()) -> Callab
 
 
 def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Array, *,
-                 models: Models, sc: StepConfig, mesh=None, depth_fn: Callable | None = None
-                 ) -> tuple[Array, dict[str, Any]]:
-    """The scalar surrogate whose gradient is the distillation update, and auxiliaries."""
+                 models: Models, sc: StepConfig, mesh=None,
+                 perceptual_fn: Callable | None = None) -> tuple[Array, dict[str, Any]]:
+    """The scalar surrogate whose gradient is the distillation update, and auxiliaries.
+
+    ``perceptual_fn(x0_hat, render) -> [B]`` (both ``[B, H, W, 3]`` in [-1, 1]) is the hook for
+    LPIPS-like terms on the single view (weight ``lpips_weight``; the official code uses
+    LPIPS(alex) with 0.05)."""
     G = models.G
     B = sc.batch_size
     ks = dict(zip(["z", "pose", "grid_pose", "noise_g", "noise_f", "render", "render_f", "vae",
@@ -225,6 +229,12 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
     # Trained-generator renders: with remat, their activations are recomputed in the backward
     # pass instead of being held alongside the VAE's (peak memory ~ the largest part).
     syn_t = _maybe_remat(syn, sc.remat, static=("superresolution",))
+    depth_fn = None
+    if models.depth is not None:
+        from jaxhead.models import depth_anything as da
+
+        def depth_fn(images, size):
+            return da.depth_control(models.depth, frozen["depth"], images, size)
     lat_size = models.latent_size
     ts = jnp.asarray(models.timesteps)
     ac = jnp.asarray(models.alphas_cumprod)
@@ -326,11 +336,15 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
         else:
             terms["ld_single"] = sc.base_weight * losses.injected_loss(lat_sv[:B], g)
         aux.update(g_single=g, lat_single=sg(lat_sv), t_single=ts[idx_sv])
-        if sc.tweedie_weight > 0:
+        if sc.tweedie_weight > 0 or (sc.lpips_weight > 0 and perceptual_fn is not None):
             x0_lat = predict_x0(ac, x_sv, out.eps[:B], ts[idx_sv])
             x0 = vae_lib.decode_latents(models.vae, frozen["vae"], x0_lat)
-            x0 = jnp.clip(x0 * 0.5 + 0.5, 0.0, 1.0)
-            terms["tweedie"] = sc.tweedie_weight * losses.tweedie_mse(x0, sv["image"][:B])
+            x0 = sg(jnp.clip(x0 * 0.5 + 0.5, 0.0, 1.0))  # [0, 1], no gradient (teacher side)
+            if sc.tweedie_weight > 0:
+                terms["tweedie"] = sc.tweedie_weight * losses.tweedie_mse(x0, sv["image"][:B])
+            if sc.lpips_weight > 0 and perceptual_fn is not None:
+                terms["lpips"] = sc.lpips_weight * jnp.mean(
+                    perceptual_fn(2 * x0 - 1, sv["image"][:B]))
     if sc.grid:
         o = B if sc.single else 0
         g = _objective(sc, out.eps_uncond[o:], out.eps_cond[o:], noise_g, abar(idx_g))
@@ -371,12 +385,12 @@ def surrogate(aux: dict[str, Any], aux_ref: dict[str, Any], sc: StepConfig) -> A
 
 def train_step(state: TrainState, frozen: Params, *, models: Models, sc: StepConfig,
                optimizer: optax.GradientTransformation, mesh=None,
-               depth_fn: Callable | None = None) -> tuple[TrainState, dict[str, Array]]:
+               perceptual_fn: Callable | None = None) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step. Pure: same (state, frozen) -> same result."""
     key = step_key(state, sc)
     grad_fn = jax.grad(loss_and_aux, has_aux=True)
     grads, aux = grad_fn(state.params, state, frozen, key, models=models, sc=sc, mesh=mesh,
-                         depth_fn=depth_fn)
+                         perceptual_fn=perceptual_fn)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(aux["terms"])
