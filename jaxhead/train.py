@@ -12,7 +12,6 @@ front / side / back, the grid with its control), ``config.json``, and at the end
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import sys
@@ -20,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import numpy as np
 from tqdm import tqdm
@@ -164,11 +162,21 @@ def build(config, perceptual_fn: Any = None) -> Built:
         return jax.device_put(init_state(models, frozen, config, optimizer), st_sh)
 
     fr_sh = jax.tree.map(lambda x: x.sharding, frozen)
-    # Traced exactly once: a second trace (e.g. a sharding mismatch) raises instead of
-    # silently recompiling the whole step.
-    fn = chex.assert_max_traces(functools.partial(
-        train_step, models=models, sc=sc, optimizer=optimizer,
-        mesh=mesh if mesh.devices.size > 1 else None, perceptual_fn=perceptual_fn), n=1)
+    # Traced exactly once: a second trace (e.g. a sharding or dtype mismatch) raises instead
+    # of silently recompiling the whole step. The counter belongs to this build (chex's
+    # assert_max_traces keys a global counter on the source text, which collides across
+    # builds in one process).
+    step_mesh = mesh if mesh.devices.size > 1 else None
+    traces = [0]
+
+    def fn(state, frozen_params):
+        traces[0] += 1
+        if traces[0] > 1:
+            raise AssertionError("the train step was traced a second time (its input shapes, "
+                                 "dtypes or shardings changed); this would recompile it")
+        return train_step(state, frozen_params, models=models, sc=sc, optimizer=optimizer,
+                          mesh=step_mesh, perceptual_fn=perceptual_fn)
+
     step = jax.jit(fn,
                    in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, replicated),
                    donate_argnums=0)
