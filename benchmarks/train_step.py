@@ -5,7 +5,8 @@
 ``full`` = the released PanoHead (tri-grid 256, 48 + 48 samples, 64 px, SR 512) and the SD 1.5
 UNet + two ControlNets (edge for the single view, depth for the grid) + VAE + CLIP text, all with
 random weights built in code; single view + mirror + 2x2 grid (before SR, renderer-depth
-control since no Depth Anything weights are used), Tweedie and LDIS terms: the paper's step.
+control since no Depth Anything weights are used), Tweedie, LPIPS(alex) and LDIS terms: the
+paper's step.
 ``full_single`` / ``full_grid``: the same with only the single-view (+ mirror, Tweedie) or only
 the grid score, for machines where the whole step does not fit.
 Each configuration runs in its own subprocess; peak = process max RSS (CPU) or the device's
@@ -22,7 +23,7 @@ import sys
 import time
 
 
-def measure(name: str, steps: int, teacher_dtype: str) -> dict:
+def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = False) -> dict:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
@@ -54,7 +55,7 @@ def measure(name: str, steps: int, teacher_dtype: str) -> dict:
     compiled = step.lower(state, frozen).compile()
     t_compile = time.perf_counter() - t0
     times = []
-    for _ in range(steps):
+    for _ in range(0 if compile_only else steps):
         t0 = time.perf_counter()
         state, m = compiled(state, frozen)
         jax.block_until_ready(m)
@@ -66,9 +67,11 @@ def measure(name: str, steps: int, teacher_dtype: str) -> dict:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     n_params = sum(x.size for x in jax.tree.leaves(frozen))
     return {"config": name, "dtype": teacher_dtype, "build_s": t_build, "compile_s": t_compile,
-            "step_s": min(times), "steps": times, "peak_bytes": peak,
+            "step_s": min(times) if times else float("nan"), "steps": times,
+            "peak_bytes": peak,
             "peak_kind": "device" if stats else "RSS", "device": dev.device_kind,
             "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
+            "arg_bytes": getattr(mem, "argument_size_in_bytes", None),
             "frozen_values": int(n_params)}
 
 
@@ -77,27 +80,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="demo,full")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--compile-only", action="store_true",
+                    help="lower + compile and report XLA's memory plan without running (for "
+                         "configurations that do not fit in memory)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        print(json.dumps(measure(args._child, args.steps, args.teacher_dtype)))
+        print(json.dumps(measure(args._child, args.steps, args.teacher_dtype,
+                                 args.compile_only)))
         return 0
     rows = []
     for name in args.configs.split(","):
         out = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--steps",
                               str(args.steps), "--teacher-dtype", args.teacher_dtype,
-                              "--_child", name], capture_output=True, text=True, check=False)
+                              "--_child", name] + (["--compile-only"] if args.compile_only
+                                                   else []),
+                             capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(f"{name}: failed (exit {out.returncode})\n{out.stderr[-3000:]}",
                   file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gib = 2.0 ** 30
-    print(f"{'config':<8}{'dtype':<10}{'build s':>9}{'compile s':>11}{'s/step':>9}"
-          f"{'XLA temp GiB':>14}{'peak GiB':>10}  device")
+    print(f"{'config':<12}{'dtype':<10}{'build s':>9}{'compile s':>11}{'s/step':>9}"
+          f"{'XLA args GiB':>14}{'XLA temp GiB':>14}{'peak GiB':>10}  device")
     for r in rows:
-        print(f"{r['config']:<8}{r['dtype']:<10}{r['build_s']:>9.1f}{r['compile_s']:>11.1f}"
-              f"{r['step_s']:>9.1f}{(r['temp_bytes'] or 0) / gib:>14.2f}"
+        print(f"{r['config']:<12}{r['dtype']:<10}{r['build_s']:>9.1f}{r['compile_s']:>11.1f}"
+              f"{r['step_s']:>9.1f}{(r['arg_bytes'] or 0) / gib:>14.2f}"
+              f"{(r['temp_bytes'] or 0) / gib:>14.2f}"
               f"{r['peak_bytes'] / gib:>10.2f}  {r['device']} ({r['peak_kind']}); "
               f"frozen values {r['frozen_values'] / 1e6:.0f} M")
     return 0

@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.models.generator = "checkpoints/panohead"  # python -m convert_weights.panohead
     c.models.sd = "checkpoints/sd"  # python -m convert_weights.diffusers (unet, vae, text, ...)
     c.models.depth_anything = "checkpoints/depth_anything_v2_vitb"  # convert_weights.depth_anything
+    c.models.lpips = "checkpoints/lpips_alex"  # python -m convert_weights.lpips (if lpips_weight)
     c.models.teacher_dtype = "float32"  # "bfloat16": frozen teacher params + activations in bf16
     c.models.shard_teacher = False  # shard the frozen teacher's params over the devices
 
@@ -88,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- extra terms (official defaults)
     c.tweedie_weight = 0.1  # |x0_hat - (img + 1) / 2|^2 of the single view
     c.ldis_weight = 1.0  # relative distances of tri-planes of consecutive batches
-    c.lpips_weight = 0.0  # official 0.05 with LPIPS(alex): a hook, build(perceptual_fn=...)
+    c.lpips_weight = 0.05  # LPIPS(alex) of x0_hat vs the single-view render (official)
 
     # --- memory
     c.remat = True  # recompute renders / VAE encoder activations in the backward pass

@@ -17,7 +17,6 @@ def get_config():
     c.prompt = "Portrait of a zombie"
     c.workdir = "runs/demo"
     c.steps = 4
-    c.optimizer.lr = 1e-3  # larger steps so that a few iterations visibly change the generator
     c.grid.control = "renderer_depth"  # no Depth Anything in the demo
     c.log_every = 1
     c.preview_every = 2

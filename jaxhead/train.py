@@ -76,6 +76,10 @@ def validate_config(config) -> None:
     for key in ("guidance_scale", "controlnet_scale", "grad_div", "grad_clamp"):
         if _get(config, key) <= 0:
             errs.append(f"{key} must be > 0")
+    for key in ("tweedie_weight", "ldis_weight", "lpips_weight", "grid.weight",
+                "single.base_weight", "single.mirror_weight"):
+        if _get(config, key) < 0:
+            errs.append(f"{key} must be >= 0, got {_get(config, key)}")
     n_dev = config.num_devices or 1
     if not (config.single.enabled or config.grid.enabled):
         errs.append("single.enabled and grid.enabled are both False: nothing to distill")
@@ -144,7 +148,8 @@ def build(config, perceptual_fn: Any = None) -> Built:
 
     The step is compiled once and can be reused by several :func:`train_and_evaluate` calls
     with the same model/step settings (``built=``). ``perceptual_fn(x0_hat, render) -> [B]``
-    (images in [-1, 1]) is the hook for an LPIPS-like term weighted by ``lpips_weight``."""
+    (images in [-1, 1]), if given, replaces LPIPS(alex) in the term weighted by
+    ``lpips_weight``."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     models, frozen = build_models(config)
@@ -193,10 +198,6 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     if built is None:
-        if config.lpips_weight > 0:
-            raise ValueError("lpips_weight > 0 needs a perceptual function: LPIPS(alex) is not "
-                             "ported yet; pass build(config, perceptual_fn=...) to "
-                             "train_and_evaluate(built=...), or set lpips_weight=0")
         built = build(config)
     models, frozen, step_fn = built.models, built.frozen, built.step
     state = built.init()
@@ -229,7 +230,7 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
             if writer:
                 writer.write(s, metrics)
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in
-                             ("ld_single", "ld_grid", "tweedie", "ldis") if k in metrics})
+                             ("ld_single", "ld_grid", "tweedie", "lpips", "ldis") if k in metrics})
         bar.update(1)
         if is_main and config.preview_every > 0 and (s % config.preview_every == 0
                                                      or s == config.steps):

@@ -62,6 +62,11 @@ def controlnet_names(config) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _uses_lpips(config) -> bool:
+    """The LPIPS term exists only on the single-view path."""
+    return config.lpips_weight > 0 and config.single.enabled
+
+
 def _converted(path: Path) -> bool:
     return (path / PARAMS_FILE).is_file() and (path / CONFIG_FILE).is_file()
 
@@ -92,6 +97,11 @@ def missing_weights(config) -> list[str]:
         out.append(f"Depth Anything V2: {m.depth_anything}\n    python -m "
                    f"convert_weights.depth_anything depth_anything_v2_vitb.pth "
                    f"{m.depth_anything}")
+    if _uses_lpips(config) and not _converted(Path(m.lpips)):
+        out.append(f"LPIPS(alex) for lpips_weight={config.lpips_weight}: {m.lpips}\n    "
+                   f"python -m convert_weights.lpips --alexnet alexnet-owt-7be5be79.pth "
+                   f"--lin <site-packages>/lpips/weights/v0.1/alex.pth {m.lpips}\n"
+                   f"    (or set --config.lpips_weight=0)")
     return out
 
 
@@ -124,11 +134,16 @@ def load_models(config) -> tuple[Models, dict[str, Any]]:
         from jaxhead.models import depth_anything as da
 
         depth, d_params = da.load(m.depth_anything)
+    lpips_params = None
+    if _uses_lpips(config):
+        from jaxhead.models.lpips import load_lpips
+
+        lpips_params = load_lpips(m.lpips)
     models = Models(G, vae_mod, teacher, np.asarray(sched.alphas_cumprod, np.float32),
                     sched.timesteps(config.num_inference_steps), depth, grid_control,
                     config.single.control)
     return models, {"generator": g_params, "vae": vae_params, "teacher": t_params,
-                    "depth": d_params, "text": text}
+                    "depth": d_params, "text": text, "lpips": lpips_params}
 
 
 def _resolve_grid_control(config) -> str:
@@ -252,12 +267,17 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
         dcfg = da.CONFIGS["vitb"] if full else da.DepthAnythingConfig(**DEMO_DEPTH)
         depth = da.DepthAnythingV2(dcfg)
         d_params = random_params(depth.param_shapes(), seed + 11)
+    lpips_params = None
+    if _uses_lpips(config):  # the real AlexNet size (small), random weights
+        from jaxhead.models import lpips as lpips_lib
+
+        lpips_params = lpips_lib.random_params(jax.random.key(seed + 13))
     models = Models(G, vae_mod, teacher, np.asarray(sched.alphas_cumprod, np.float32),
                     sched.timesteps(config.num_inference_steps), depth, grid_control,
                     config.single.control, demo=True)
     return models, {"generator": g_params, "vae": vae_params,
                     "teacher": {"unet": unet_params, "controlnets": cn_params},
-                    "depth": d_params, "text": text}
+                    "depth": d_params, "text": text, "lpips": lpips_params}
 
 
 def build_models(config) -> tuple[Models, dict[str, Any]]:

@@ -22,6 +22,7 @@ import optax
 
 from jaxhead import camera, losses
 from jaxhead.diffusion import add_noise, predict_x0
+from jaxhead.models import lpips as lpips_lib
 from jaxhead.models import vae as vae_lib
 from jaxhead.ops.resize import resize_bilinear
 from jaxhead.training.controls import renderer_depth_control, single_view_control
@@ -211,9 +212,10 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
                  perceptual_fn: Callable | None = None) -> tuple[Array, dict[str, Any]]:
     """The scalar surrogate whose gradient is the distillation update, and auxiliaries.
 
-    ``perceptual_fn(x0_hat, render) -> [B]`` (both ``[B, H, W, 3]`` in [-1, 1]) is the hook for
-    LPIPS-like terms on the single view (weight ``lpips_weight``; the official code uses
-    LPIPS(alex) with 0.05)."""
+    The perceptual term (weight ``lpips_weight``, official 0.05) is LPIPS(alex) of the Tweedie
+    estimate x0_hat against the single-view render, with the params ``frozen["lpips"]``;
+    ``perceptual_fn(x0_hat, render) -> [B]`` (both ``[B, H, W, 3]`` in [-1, 1]) replaces it with
+    another distance."""
     G = models.G
     B = sc.batch_size
     ks = dict(zip(["z", "pose", "grid_pose", "noise_g", "noise_f", "render", "render_f", "vae",
@@ -336,13 +338,18 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, key: Arra
         else:
             terms["ld_single"] = sc.base_weight * losses.injected_loss(lat_sv[:B], g)
         aux.update(g_single=g, lat_single=sg(lat_sv), t_single=ts[idx_sv])
-        if sc.tweedie_weight > 0 or (sc.lpips_weight > 0 and perceptual_fn is not None):
+        if sc.lpips_weight > 0 and perceptual_fn is None:
+            if frozen.get("lpips") is None:
+                raise ValueError("lpips_weight > 0 needs LPIPS params (frozen['lpips']) or a "
+                                 "perceptual_fn")
+            perceptual_fn = functools.partial(lpips_lib.lpips, frozen["lpips"])
+        if sc.tweedie_weight > 0 or sc.lpips_weight > 0:
             x0_lat = predict_x0(ac, x_sv, out.eps[:B], ts[idx_sv])
             x0 = vae_lib.decode_latents(models.vae, frozen["vae"], x0_lat)
             x0 = sg(jnp.clip(x0 * 0.5 + 0.5, 0.0, 1.0))  # [0, 1], no gradient (teacher side)
             if sc.tweedie_weight > 0:
                 terms["tweedie"] = sc.tweedie_weight * losses.tweedie_mse(x0, sv["image"][:B])
-            if sc.lpips_weight > 0 and perceptual_fn is not None:
+            if sc.lpips_weight > 0:
                 terms["lpips"] = sc.lpips_weight * jnp.mean(
                     perceptual_fn(2 * x0 - 1, sv["image"][:B]))
     if sc.grid:
@@ -397,8 +404,8 @@ def train_step(state: TrainState, frozen: Params, *, models: Models, sc: StepCon
     for name in ("g_single", "g_grid"):
         if name in aux:
             metrics["rms_" + name] = jnp.sqrt(jnp.mean(jnp.square(aux[name])))
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["update_norm"] = optax.global_norm(updates)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["update_norm"] = optax.tree.norm(updates)
     if "t_single" in aux:
         metrics["t_single"] = jnp.mean(aux["t_single"].astype(jnp.float32))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
