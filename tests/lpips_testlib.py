@@ -3,9 +3,8 @@
 
 import numpy as np
 
+from convert_weights.lpips import TV_INDEX
 from jaxhead.models.lpips import ALEXNET_CONVS
-
-TV_INDEX = (0, 3, 6, 8, 10)
 
 
 def seeded_state_dicts(seed: int = 1234) -> tuple[dict, dict]:

@@ -98,10 +98,11 @@ def missing_weights(config) -> list[str]:
                    f"convert_weights.depth_anything depth_anything_v2_vitb.pth "
                    f"{m.depth_anything}")
     if _uses_lpips(config) and not _converted(Path(m.lpips)):
+        from jaxhead.models.lpips import CONVERT_HINT
+
         out.append(f"LPIPS(alex) for lpips_weight={config.lpips_weight}: {m.lpips}\n    "
-                   f"python -m convert_weights.lpips --alexnet alexnet-owt-7be5be79.pth "
-                   f"--lin <site-packages>/lpips/weights/v0.1/alex.pth {m.lpips}\n"
-                   f"    (or set --config.lpips_weight=0)")
+                   + CONVERT_HINT.replace("DST", str(m.lpips))
+                   + "\n    (or set --config.lpips_weight=0)")
     return out
 
 
