@@ -1,8 +1,12 @@
 """The training program on the demo config (tiny random models built in code)."""
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import jax
+import jaxlib
 import numpy as np
 import pytest
 
@@ -13,6 +17,44 @@ from jaxhead.training import step as step_lib
 from jaxhead.utils import params_io
 
 pytestmark = pytest.mark.slow  # several minutes of CPU compile and compute (still run in CI)
+
+REFERENCE = Path(__file__).parent / "fixtures" / "train_reference.json"
+
+
+def _digest(summary) -> dict[str, str]:
+    """sha256 of each trainable leaf (path -> hex), bytes + dtype + shape."""
+    flat = params_io.flatten(jax.device_get(summary["state"].params))
+    out = {}
+    for k in sorted(flat):
+        a = np.ascontiguousarray(np.asarray(flat[k]))
+        h = hashlib.sha256(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+        out[k] = h.hexdigest()[:16]
+    return out
+
+
+def _check_reference(name: str, summary, workdir) -> None:
+    """Compare the run's parameters and logged metrics with ``REFERENCE[name]`` (recorded once
+    with ``JAXHEAD_RECORD_REFERENCE=1``, before the trainer's refactor)."""
+    metrics = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    keep = ("ld_single", "ld_grid", "tweedie", "lpips", "ldis", "grad_norm", "update_norm")
+    got = {"params": _digest(summary),
+           "metrics": [{k: m[k] for k in keep if k in m} for m in metrics]}
+    if os.environ.get("JAXHEAD_RECORD_REFERENCE"):
+        ref = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
+        ref[name] = got
+        ref["recorded_with"] = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+        REFERENCE.write_text(json.dumps(ref, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"recorded the {name!r} reference")
+    ref = json.loads(REFERENCE.read_text())
+    if ref["recorded_with"]["jaxlib"] != jaxlib.__version__:
+        pytest.skip(f"reference recorded with jaxlib {ref['recorded_with']['jaxlib']}, "
+                    f"running {jaxlib.__version__}: XLA's CPU numerics may differ")
+    want = ref[name]
+    assert got["metrics"] == want["metrics"]
+    diff = [k for k in want["params"] if got["params"].get(k) != want["params"][k]]
+    assert got["params"].keys() == want["params"].keys()
+    assert not diff, f"{len(diff)} of {len(want['params'])} leaves differ, e.g. {diff[:3]}"
 
 
 def _micro(**over):
@@ -39,8 +81,10 @@ def demo_run(tmp_path_factory):
     c = demo.get_config()
     c.steps = 2
     c.fixed_batch = True
-    c.tweedie_weight = 0.0
-    c.ldis_weight = 0.0
+    # every term of the step is on (the bitwise reference covers them), the extra terms at
+    # negligible weights so that the step is the pure distillation update
+    c.tweedie_weight = 1e-6
+    c.ldis_weight = 1e-6
     c.final_turntable_frames = 8
     c.lpips_weight = 1e-6  # LPIPS(alex) with random weights in the step (negligible weight)
     # Adam's first steps move every parameter by about lr whatever its gradient, so the
@@ -111,10 +155,18 @@ def test_demo_run_reduces_the_distillation_surrogate(demo_run):
     assert s1 < s0, (s0, s1)
 
 
+def test_demo_steps_match_the_recorded_reference(demo_run):
+    """The demo's first two steps (single + mirror + grid, LPIPS, Tweedie, LDIS) give
+    bitwise the parameters recorded before the trainer's refactor."""
+    _, _, _, summary, wd = demo_run
+    _check_reference("demo", summary, wd)
+
+
 def test_resume_follows_the_uninterrupted_trajectory(tmp_path):
     c4 = _micro(steps=4, checkpoint_every=2)
     built = train.build(c4)
     straight = train.train_and_evaluate(c4, tmp_path / "a", progress=False, built=built)
+    _check_reference("micro", straight, tmp_path / "a")
     c2 = _micro(steps=2, checkpoint_every=2)
     train.train_and_evaluate(c2, tmp_path / "b", progress=False, built=built)
     resumed = train.train_and_evaluate(c4, tmp_path / "b", progress=False, built=built)
