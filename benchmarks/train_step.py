@@ -25,12 +25,14 @@ import time
 
 def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = False) -> dict:
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from configs import demo, pixar
-    from jaxhead.train import make_mesh, state_shardings
-    from jaxhead.training.models import demo_models
-    from jaxhead.training.step import StepConfig, init_state, make_optimizer, train_step
+    from jaxhead.train import state_shardings
+    from jaxhead.training import sharding
+    from jaxhead.training.config import validate_config
+    from jaxhead.training.demo import demo_models
+    from jaxhead.training.optim import make_optimizer
+    from jaxhead.training.step import init_state, train_step
 
     c = demo.get_config() if name == "demo" else pixar.get_config()
     c.grid.control = "renderer_depth"
@@ -39,16 +41,16 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
     elif name == "full_grid":  # the 2x2-grid half (before the SR)
         c.single.enabled = False
     c.models.teacher_dtype = teacher_dtype
+    c = validate_config(c)
     t0 = time.perf_counter()
     models, frozen = demo_models(c, size="demo" if name == "demo" else "full")
     t_build = time.perf_counter() - t0
-    mesh = make_mesh(c)
+    mesh = sharding.make_mesh(c)
     opt = make_optimizer(c)
     state = init_state(models, frozen, c, opt)
-    st_sh = state_shardings(state, mesh, c.mesh_axis)
-    rep = NamedSharding(mesh, PartitionSpec())
-    step = jax.jit(lambda s, f: train_step(s, f, models=models, sc=StepConfig.from_config(c),
-                                           optimizer=opt),
+    st_sh = state_shardings(c, models, frozen, opt, mesh)
+    rep = sharding.replicated(mesh)
+    step = jax.jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt),
                    in_shardings=(st_sh, jax.tree.map(lambda _: rep, frozen)),
                    out_shardings=(st_sh, rep), donate_argnums=0)
     t0 = time.perf_counter()

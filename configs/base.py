@@ -11,6 +11,8 @@ import math
 
 import ml_collections
 
+from jaxhead.training.config import objective_kw_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -28,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.models.lpips = "checkpoints/lpips_alex"  # python -m convert_weights.lpips (if lpips_weight)
     c.models.teacher_dtype = "float32"  # "bfloat16": frozen teacher params + activations in bf16
     c.models.shard_teacher = False  # shard the frozen teacher's params over the devices
+    # with models "demo" only: "gaussian" (an analytic teacher pulling latents towards a palette,
+    # jaxhead.training.demo_teacher) or "random_sd" (a tiny random-weight SD stack)
+    c.demo_teacher = "random_sd"
 
     # --- text
     c.prompt = ""  # set by the style configs
@@ -52,9 +57,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- teacher and objective
     c.num_inference_steps = 50  # DDIM schedule the step indices refer to
-    c.objective = "ld"  # ld | sds | bsd (jaxhead.losses.OBJECTIVES)
-    c.ld_form = "official"  # official: s (eps_c - eps_u) sqrt(abar); paper: full CFG eps
-    c.guidance_scale = 7.5
+    c.objective = "ld"  # a name registered in jaxhead.losses.OBJECTIVES (ld | sds | bsd)
+    # the objective's keyword arguments (unset = its registered default), e.g.
+    # --config.objective_kw.form=paper (LD with the full CFG eps as the score; default official:
+    # s (eps_c - eps_u) sqrt(abar)) or, for sds, form=standard (DreamFusion) / official
+    c.objective_kw = objective_kw_config()
+    c.guidance_scale = 7.5  # teacher CFG scale (also the objective's unless objective_kw sets it)
     c.controlnet_scale = 1.0
     c.alpha_index = "step"  # "step": alphas_cumprod[step index] as the official code;
     #                         "timestep": alphas_cumprod[timestep] (the formula's abar_t)
@@ -67,8 +75,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.single.enabled = True  # the single-view (+ mirror) score
     c.single.yaw_range = (-math.pi / 3, math.pi / 3)
     c.single.pitch_range = (-math.pi / 6, math.pi / 6)
-    c.single.t_range = (0.70, 0.96)  # paper: fraction of the 50 DDIM steps (35..47)
-    c.single.control = "canny"  # none | canny | depth (ControlNet named models.controlnet_<x>)
+    c.single.t_range = (0.70, 0.96)  # paper: fraction of the 50 DDIM steps: draws 35..47
+    c.single.step_range = ()  # (lo, hi): step index uniform on lo..hi inclusive, replacing
+    #                           t_range; (35, 49) = the official code's randint(35, 49)
+    c.single.control = "canny"  # jaxhead.training.controls.CONTROLS: none | canny |
+    #                             depth_anything | renderer_depth
     c.single.rank_weights = (1.0, 0.75, 0.5, 0.25)  # () disables rank weighting
     c.single.rank_renorm = True
     c.single.mirror = True
@@ -81,15 +92,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.grid.mode = "before_sr"  # before_sr: 64 px raw renders x4; after_sr: 512 px SR renders / 2
     c.grid.yaw_range = (-math.pi, math.pi)
     c.grid.pitch_range = (-math.pi / 6, math.pi / 6)
-    c.grid.t_range = (0.30, 0.80)  # paper
-    c.grid.control = "depth"  # depth (Depth Anything if its weights exist, else renderer
-    #                           depth) | depth_anything | renderer_depth | none
+    c.grid.t_range = (0.30, 0.80)  # paper: draws 15..39
+    c.grid.step_range = ()  # official: (35, 49) by its command line, (15, 40) in its train()
+    c.grid.control = "depth_anything"  # official (weights must exist); renderer_depth: the
+    #                                    frozen renderer's 64 px depth, no weights | none
     c.grid.weight = 1.0
 
     # --- extra terms (official defaults)
     c.tweedie_weight = 0.1  # |x0_hat - (img + 1) / 2|^2 of the single view
     c.ldis_weight = 1.0  # relative distances of tri-planes of consecutive batches
     c.lpips_weight = 0.05  # LPIPS(alex) of x0_hat vs the single-view render (official)
+
+    # --- resuming and divergence
+    c.resume_changed = ()  # fields allowed to differ from the workdir's saved config.json
+    #                        (beyond logging cadence and length, which always may)
+    c.max_skipped_steps = 10  # stop after this many consecutive steps with a non-finite
+    #                           gradient (each such step is skipped: no update, counted)
 
     # --- memory
     c.remat = True  # recompute renders / VAE encoder activations in the backward pass

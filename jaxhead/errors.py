@@ -39,6 +39,12 @@ class MissingWeightsError(JaxheadError, FileNotFoundError):
     exit_code = DATA_EXIT
 
 
+class TrainingDiverged(JaxheadError):
+    """Too many consecutive training steps had a non-finite gradient (exit code 1)."""
+
+    exit_code = DATA_EXIT
+
+
 def _expected_data_errors() -> tuple[type[BaseException], ...]:
     """OS and file-format errors that mean "this input file is bad", not "jaxhead is broken"."""
     import pickle

@@ -13,7 +13,9 @@ import pytest
 from configs import demo
 from jaxhead import train
 from jaxhead.models.panohead import load_panohead
+from jaxhead.training import checkpoint as checkpoint_lib
 from jaxhead.training import step as step_lib
+from jaxhead.training.views import enabled_views
 from jaxhead.utils import params_io
 
 pytestmark = pytest.mark.slow  # several minutes of CPU compile and compute (still run in CI)
@@ -136,22 +138,28 @@ def test_stylized_generator_changes_only_trainable_non_bias_params(demo_run):
 
 
 def test_demo_run_reduces_the_distillation_surrogate(demo_run):
-    """On the fixed batch, the LD surrogate <g0, latents(theta)> (gradients g0 of the initial
-    generator held fixed) is lower after training than before."""
-    c, built, state0, summary, _ = demo_run
-    sc = step_lib.StepConfig.from_config(c)
-    key = step_lib.step_key(state0, sc)
+    """On the fixed batch, each view's own distillation loss with the gradients g0 of the
+    initial generator held fixed, <g0, latents(theta)>, is lower after training than before."""
+    _, built, state0, summary, _ = demo_run
+    cfg = built.config
+    keys = step_lib.step_keys(state0, cfg)
 
     @jax.jit
-    def aux_at(trainable, state):
-        _, aux = step_lib.loss_and_aux(trainable, state, built.frozen, key, models=built.models,
-                                       sc=sc)
-        return {k: aux[k] for k in ("g_single", "lat_single", "g_grid", "lat_grid")}
+    def aux_at(trainable, state, frozen):
+        _, aux = step_lib.loss_and_aux(trainable, state, frozen, keys, models=built.models,
+                                       config=cfg)
+        return {k: v for k, v in aux.items() if k.startswith(("g_", "lat_"))}
 
-    aux0 = aux_at(state0.params, state0)
-    aux1 = aux_at(summary["state"].params, state0)
-    s0 = float(step_lib.surrogate(aux0, aux0, sc))
-    s1 = float(step_lib.surrogate(aux1, aux0, sc))
+    aux0 = aux_at(state0.params, state0, built.frozen)
+    aux1 = aux_at(summary["state"].params, state0, built.frozen)
+    views = enabled_views(cfg)
+    assert [v.name for v in views] == ["single", "grid"]
+
+    def surrogate(aux):
+        return sum(float(v.distill_loss(aux[f"lat_{v.name}"], aux0[f"g_{v.name}"]))
+                   for v in views)
+
+    s0, s1 = surrogate(aux0), surrogate(aux1)
     assert s1 < s0, (s0, s1)
 
 
@@ -162,9 +170,15 @@ def test_demo_steps_match_the_recorded_reference(demo_run):
     _check_reference("demo", summary, wd)
 
 
-def test_resume_follows_the_uninterrupted_trajectory(tmp_path):
-    c4 = _micro(steps=4, checkpoint_every=2)
-    built = train.build(c4)
+@pytest.fixture(scope="module")
+def micro():
+    """One build of the grid-only config, shared by the tests that run it several times."""
+    c = _micro(steps=4, checkpoint_every=2)
+    return c, train.build(c)
+
+
+def test_resume_follows_the_uninterrupted_trajectory(tmp_path, micro):
+    c4, built = micro
     straight = train.train_and_evaluate(c4, tmp_path / "a", progress=False, built=built)
     _check_reference("micro", straight, tmp_path / "a")
     c2 = _micro(steps=2, checkpoint_every=2)
@@ -180,6 +194,114 @@ def test_resume_follows_the_uninterrupted_trajectory(tmp_path):
     assert json.loads(ma)["ld_grid"] == json.loads(mb)["ld_grid"]
 
 
+def test_resume_after_a_kill_logs_each_step_once(tmp_path, micro, monkeypatch):
+    """Killed while saving step 3's checkpoint (metrics of step 3 already logged): the resumed
+    run restores step 2 and its metrics.jsonl holds each step once."""
+    from jaxhead.training import checkpoint
+
+    c4, built = micro
+    save = checkpoint.save
+
+    def dying_save(mgr, state):
+        if int(jax.device_get(state.step)) == 3:
+            raise KeyboardInterrupt("killed while checkpointing step 3")
+        save(mgr, state)
+
+    monkeypatch.setattr(checkpoint, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(_micro(steps=4, checkpoint_every=1), tmp_path,
+                                 progress=False, built=built)
+    monkeypatch.setattr(checkpoint, "save", save)
+    rows = lambda: [json.loads(x)["step"]  # noqa: E731
+                    for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows() == [1, 2, 3]
+    train.train_and_evaluate(_micro(steps=4, checkpoint_every=1), tmp_path, progress=False,
+                             built=built)
+    assert rows() == [1, 2, 3, 4]
+
+
+def _poison(tree, path: str):
+    """``tree`` with the leaves under ``path`` (``/``-joined) replaced by NaN."""
+    flat = params_io.flatten(jax.device_get(tree))
+    hit = [k for k in flat if k.startswith(path)]
+    assert hit, path
+    for k in hit:
+        flat[k] = np.full(np.shape(flat[k]), np.nan, np.asarray(flat[k]).dtype)
+    return params_io.unflatten(flat)
+
+
+def test_non_finite_steps_are_skipped_and_never_saved(tmp_path, micro):
+    """A generator whose frozen decoder is NaN: every step is skipped (no update, counted),
+    checkpoints stay finite, and the run stops with one clear error after
+    ``max_skipped_steps`` consecutive skips; the good model then resumes normally."""
+    from jaxhead.errors import TrainingDiverged
+
+    c4, built = micro
+    frozen = dict(built.frozen)
+    frozen["generator"] = jax.device_put(
+        _poison(built.frozen["generator"], "params/decoder/"),
+        jax.tree.map(lambda x: x.sharding, built.frozen["generator"]))
+    poisoned = built._replace(frozen=frozen)
+    c = _micro(steps=4, checkpoint_every=2, max_skipped_steps=3)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        train.train_and_evaluate(c, tmp_path, progress=False, built=poisoned)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [1.0, 1.0, 1.0]
+    init = jax.device_get(built.init())
+    mgr = checkpoint_lib.manager(tmp_path, 3)
+    assert list(mgr.all_steps()) == [2]  # saved before the stop, and finite: the initial params
+    saved = checkpoint_lib.restore_latest(mgr, built.init())
+    for x, y in zip(jax.tree.leaves(jax.device_get(saved.params)), jax.tree.leaves(init.params),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    out = train.train_and_evaluate(c, tmp_path, progress=False, built=built)
+    assert out["step"] == 4 and out["metrics"]["skipped"] == 0.0
+
+
+def test_nan_teacher_skips_the_update(demo_run):
+    """A teacher answering NaN: the LD gradients are cleaned (nan_to_num) but the Tweedie and
+    LPIPS terms carry NaN; the step applies nothing and reports it."""
+    _, built, _, _, _ = demo_run
+    frozen = dict(built.frozen)
+    frozen["teacher"] = jax.device_put(
+        _poison(built.frozen["teacher"], "unet/conv_in/"),
+        jax.tree.map(lambda x: x.sharding, built.frozen["teacher"]))
+    state = built.init()
+    before = jax.device_get(state.params)
+    new, m = built.step(state, frozen)
+    m = jax.device_get(m)
+    assert float(m["skipped"]) == 1.0 and not np.isfinite(float(m["tweedie"]))
+    assert int(new.step) == 1
+    for x, y in zip(jax.tree.leaves(jax.device_get(new.params)), jax.tree.leaves(before),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_workdir_with_a_different_config_is_refused_before_anything_is_written(tmp_path):
+    from jaxhead.errors import UsageError
+    from jaxhead.training.config import validate_config
+    from jaxhead.training.workdir import check_resume
+
+    c = demo.get_config()
+    (tmp_path / "config.json").write_text(validate_config(c).to_json_best_effort(indent=1))
+    saved = (tmp_path / "config.json").read_text()
+    c.prompt = "Portrait of a werewolf"
+    c.optimizer.lr = 0.05
+    c.batch_size = 2
+    with pytest.raises(UsageError) as e:
+        train.train_and_evaluate(c, tmp_path, progress=False)
+    msg = str(e.value)
+    assert "prompt" in msg and "optimizer.lr" in msg and "batch_size" in msg
+    assert "resume_changed" in msg
+    assert (tmp_path / "config.json").read_text() == saved
+    c.resume_changed = ("prompt", "optimizer.lr", "batch_size")
+    check_resume(tmp_path, validate_config(c))  # explicitly allowed
+    c = demo.get_config()
+    c.steps = 100
+    c.log_every = 5
+    check_resume(tmp_path, validate_config(c))  # harmless fields may change
+
+
 def test_sharded_step_matches_single_device():
     """4 CPU devices, identities split over the data axis: same update as one device."""
     if jax.device_count() < 4:
@@ -191,7 +313,7 @@ def test_sharded_step_matches_single_device():
         b = train.build(c)
         state, m = b.step(b.init(), b.frozen)
         if n == 4:
-            sh = state.prev_planes.sharding
+            sh = state.term_state["ldis"].prev.sharding
             assert sh.spec[0] == "data" and len(sh.device_set) == 4
         out[n] = (jax.device_get(state.params), {k: float(v) for k, v in m.items()},
                   jax.device_get(b.init().params))
@@ -238,27 +360,52 @@ def test_config_errors_before_compute(tmp_path):
         train.train_and_evaluate(c, tmp_path / "neg")
 
 
-def test_depth_anything_grid_control(tmp_path):
-    """Grid control from Depth Anything (a tiny random one) inside the jitted step."""
-    c = _micro(**{"grid.control": "depth_anything"})
-    b = train.build(c)
-    assert b.models.grid_control == "depth_anything" and b.models.depth is not None
-    state, m = b.step(b.init(), b.frozen)
+def test_outside_objective_and_depth_anything_control_train_a_step(tmp_path):
+    """An objective registered from outside the package (the README's recipe) trains a demo
+    step, tuned through objective_kw; the grid control is Depth Anything (a tiny random one)
+    inside the jitted step. (One compile for both: CI time.)"""
+    from jaxhead.losses import OBJECTIVES, register_objective
+
+    seen = []
+
+    def csd_grad(eps_uncond, eps_cond, *, noise, alpha_bar, guidance_scale=7.5, power=0.5):
+        del noise
+        seen.append((guidance_scale, power))
+        return guidance_scale * (eps_cond - eps_uncond) * alpha_bar[:, None, None, None] ** power
+
+    register_objective("csd_outside", csd_grad, power=0.5)
+    try:
+        c = _micro(**{"grid.control": "depth_anything", "objective": "csd_outside"})
+        c.objective_kw.power = 1.0
+        b = train.build(c)
+        assert b.models.depth is not None
+        state, m = b.step(b.init(), b.frozen)
+    finally:
+        OBJECTIVES.pop("csd_outside")
+    assert seen == [(7.5, 1.0)]
     m = jax.device_get(m)
     assert np.isfinite(float(m["ld_grid"])) and float(m["rms_g_grid"]) > 0
+    assert float(m["update_norm"]) > 0 and float(m["skipped"]) == 0.0
 
 
-def test_grid_control_resolution(tmp_path):
-    """'depth' uses Depth Anything when its converted weights exist, else the renderer depth."""
+def test_missing_control_weights_stop_the_run(tmp_path):
+    """A selected control whose weights are missing stops the run before any compute (no
+    silent fallback to the renderer's depth); the renderer's depth only when chosen."""
     from configs import pixar
-    from jaxhead.training.models import _resolve_grid_control
+    from jaxhead.errors import MissingWeightsError
+    from jaxhead.training.models import missing_weights
 
     c = pixar.get_config()
     c.models.depth_anything = str(tmp_path / "da")
-    assert _resolve_grid_control(c) == "renderer_depth"
-    params_io.save_params(tmp_path / "da", {"w": np.zeros(1, np.float32)}, {"model": "x"})
-    assert _resolve_grid_control(c) == "depth_anything"
+    c.single.control = "depth_anything"
+    msg = "\n".join(missing_weights(c))
+    assert "convert_weights.depth_anything" in msg
+    assert "grid.control=depth_anything" in msg and "single.control=depth_anything" in msg
+    with pytest.raises(MissingWeightsError, match="convert_weights.depth_anything"):
+        train.build(c)
+    c.single.control = "canny"
     c.grid.control = "renderer_depth"
-    assert _resolve_grid_control(c) == "renderer_depth"
-    c.grid.enabled = False
-    assert _resolve_grid_control(c) == "none"
+    assert "depth_anything" not in "\n".join(missing_weights(c))
+    params_io.save_params(tmp_path / "da", {"w": np.zeros(1, np.float32)}, {"model": "x"})
+    c.grid.control = "depth_anything"
+    assert "depth_anything" not in "\n".join(missing_weights(c))

@@ -7,7 +7,10 @@ loss with :func:`injected_loss`, whose autodiff gradient w.r.t. the latents is e
 gradient, so ``jax.grad`` carries it through the VAE encoder and the generator. Nothing here
 backpropagates through the teacher (its outputs are wrapped in ``stop_gradient``).
 
-Adding an objective = adding one function with this signature to :data:`OBJECTIVES`.
+``score_transform`` (optional, e.g. the rank weighting of Eq. 11) is applied to the teacher's
+score estimate *before* the objective subtracts the injected noise or weights it by timestep,
+as the official code does. Objectives are registered by name in
+:mod:`jaxhead.losses.objectives`.
 """
 
 from __future__ import annotations
@@ -36,51 +39,71 @@ def guidance_score(eps_uncond: Array, eps_cond: Array, guidance_scale: float | A
     return _bcast(guidance_scale, eps_cond) * (eps_cond - eps_uncond)
 
 
+ScoreTransform = Callable[[Array], Array]
+
+
+def _identity(x: Array) -> Array:
+    return x
+
+
 def ld_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
             guidance_scale: float | Array = 7.5, form: str = "official",
-            noise: Array | None = None) -> Array:
+            noise: Array | None = None, score_transform: ScoreTransform | None = None) -> Array:
     """Likelihood distillation (Eq. 10): ``dL/dx_0 = -grad_{x_t} log p(x_t|y) sqrt(abar_t)``.
 
     ``form="official"`` (the released code): the score is the guidance term alone,
     ``s (eps_c - eps_u) sqrt(abar)``. ``form="paper"``: the full CFG noise prediction as the
     score, ``grad log p = -eps_cfg / sqrt(1 - abar)``, i.e.
     ``eps_cfg sqrt(abar) / sqrt(1 - abar)``. ``noise`` is unused (LD does not subtract it).
+
+    ``score_transform`` is applied to the weighted score (``sqrt(abar) s (eps_c - eps_u)``):
+    a positive per-sample scale commutes with the rank weighting (SVD and the re-imposed
+    channel moments), so this equals the official ``sqrt(abar) W(score)`` up to the 1e-5 that
+    the moment matching adds to the standard deviations, and keeps jaxhead's recorded
+    trajectories.
     """
     del noise
+    t = score_transform or _identity
     eps_uncond, eps_cond = jax.lax.stop_gradient((eps_uncond, eps_cond))
     ab = _bcast(alpha_bar, eps_cond)
     if form == "official":
-        return guidance_score(eps_uncond, eps_cond, guidance_scale) * jnp.sqrt(ab)
+        return t(guidance_score(eps_uncond, eps_cond, guidance_scale) * jnp.sqrt(ab))
     if form == "paper":
-        return cfg_eps(eps_uncond, eps_cond, guidance_scale) * jnp.sqrt(ab / (1 - ab))
+        return t(cfg_eps(eps_uncond, eps_cond, guidance_scale) * jnp.sqrt(ab / (1 - ab)))
     raise ValueError(f"unknown LD form {form!r} (official | paper)")
 
 
 def sds_grad(eps_uncond: Array, eps_cond: Array, *, noise: Array, alpha_bar: float | Array,
-             guidance_scale: float | Array = 7.5, form: str = "standard") -> Array:
-    """Score distillation sampling, ``w(t) (eps_hat - noise)``.
+             guidance_scale: float | Array = 7.5, form: str = "standard",
+             score_transform: ScoreTransform | None = None) -> Array:
+    """Score distillation sampling, ``w(t) (T(eps_hat) - noise)``.
 
     ``form="standard"`` (DreamFusion): ``eps_hat = eps_cfg``, ``w = 1 - abar``.
     ``form="official"`` (the stylization code's SDS switch): ``eps_hat = s (eps_c - eps_u)``,
-    ``w = sqrt(1 - abar)``.
+    ``w = sqrt(1 - abar)``. ``T`` (``score_transform``, e.g. rank weighting) acts on the
+    score alone, never on the injected noise (the official order).
     """
+    t = score_transform or _identity
     eps_uncond, eps_cond, noise = jax.lax.stop_gradient((eps_uncond, eps_cond, noise))
     ab = _bcast(alpha_bar, eps_cond)
     if form == "standard":
-        return (1 - ab) * (cfg_eps(eps_uncond, eps_cond, guidance_scale) - noise)
+        return (1 - ab) * (t(cfg_eps(eps_uncond, eps_cond, guidance_scale)) - noise)
     if form == "official":
-        return jnp.sqrt(1 - ab) * (guidance_score(eps_uncond, eps_cond, guidance_scale) - noise)
+        return jnp.sqrt(1 - ab) * (t(guidance_score(eps_uncond, eps_cond, guidance_scale))
+                                   - noise)
     raise ValueError(f"unknown SDS form {form!r} (standard | official)")
 
 
 def bsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
-             guidance_scale: float | Array = 15.0, noise: Array | None = None) -> Array:
+             guidance_scale: float | Array = 15.0, noise: Array | None = None,
+             score_transform: ScoreTransform | None = None) -> Array:
     """Balanced score distillation (PlacidDreamer): the point of the segment between the
     classifier term ``c = s (eps_c - eps_u)`` and the denoising term ``d = eps_u`` closest to
     the origin, ``a c + (1 - a) d`` with ``a = clip(<d - c, d> / |d - c|^2, 0, 1)`` per sample,
-    weighted by ``sqrt(abar)``.
+    weighted by ``sqrt(abar)``; ``score_transform`` acts on the combined score.
     """
     del noise
+    t = score_transform or _identity
     eps_uncond, eps_cond = jax.lax.stop_gradient((eps_uncond, eps_cond))
     c = guidance_score(eps_uncond, eps_cond, guidance_scale)
     d = eps_uncond
@@ -88,14 +111,7 @@ def bsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
     diff = d - c
     a = jnp.sum(diff * d, axis=axes) / jnp.sum(diff * diff, axis=axes)
     a = _bcast(jnp.clip(jnp.nan_to_num(a, nan=0.0), 0.0, 1.0), c)
-    return (a * c + (1 - a) * d) * jnp.sqrt(_bcast(alpha_bar, c))
-
-
-OBJECTIVES: dict[str, Callable[..., Array]] = {
-    "ld": ld_grad,
-    "sds": sds_grad,
-    "bsd": bsd_grad,
-}
+    return t(a * c + (1 - a) * d) * jnp.sqrt(_bcast(alpha_bar, c))
 
 
 def rank_weighting(score: Array, weights: Sequence[float] = (1.0, 0.75, 0.5, 0.25), *,

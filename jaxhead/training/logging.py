@@ -13,7 +13,9 @@ import numpy as np
 class MetricWriter:
     """Appends ``{"step": s, **scalars}`` lines to ``metrics.jsonl``; mirrors to TensorBoard."""
 
-    def __init__(self, workdir: str | os.PathLike) -> None:
+    def __init__(self, workdir: str | os.PathLike, purge_step: int | None = None) -> None:
+        """``purge_step``: on resume, TensorBoard drops events at or after it that an earlier
+        (interrupted) process logged, so re-logged steps are not duplicated."""
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._f = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115
@@ -21,7 +23,7 @@ class MetricWriter:
         try:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.dir / "tb"))
+            self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=purge_step)
         except ImportError:
             pass
 

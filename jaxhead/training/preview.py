@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -15,27 +14,31 @@ from jaxhead import camera, losses
 from jaxhead.ops.resize import resize_bilinear
 from jaxhead.training.controls import renderer_depth_control
 from jaxhead.training.models import Models
-from jaxhead.training.step import StepConfig, conditioning_ws, merge
+from jaxhead.training.optim import merge
+from jaxhead.training.sampling import conditioning_ws
 
 PREVIEW_YAWS = (0.0, math.pi / 2, math.pi)  # front, side, back
 GRID_YAWS = (0.0, math.pi / 2, math.pi, -math.pi / 2)
 
 
-def make_preview_fn(models: Models, sc: StepConfig, num_ids: int, seed: int):
+def make_preview_fn(models: Models, config, num_ids: int, seed: int):
     """jitted ``(trainable, frozen) -> dict`` of uint8-ready images (values in [-1, 1])."""
     G = models.G
-    z = jax.random.normal(jax.random.key(seed + 12345), (num_ids, G.config.z_dim))
-    r = G.config.avg_camera_radius
+    z = jax.random.normal(jax.random.key(seed + 12345), (num_ids, G.z_dim))
+    r = G.camera_radius
     c = camera.make_camera(jnp.asarray(PREVIEW_YAWS), jnp.zeros(len(PREVIEW_YAWS)), radius=r)
     cg = camera.make_camera(jnp.asarray(GRID_YAWS), jnp.full(4, 0.1), radius=r)
-    syn = functools.partial(G.synthesis, noise_mode="const", deterministic=True,
-                            background="white")
+
+    def syn(params, ws, cams, **kw):
+        rep = G.representation(params, ws, noise_mode="const")
+        return G.render(params, ws, cams, rep, noise_mode="const", deterministic=True,
+                        background="white", **kw)
 
     @jax.jit
     def preview(trainable: Any, frozen: Any) -> dict[str, jax.Array]:
         fparams = frozen["generator"]
         params = merge(fparams, trainable)
-        ws = conditioning_ws(models, sc, fparams, z)
+        ws = conditioning_ws(G, config, fparams, z)
         nv = len(PREVIEW_YAWS)
         wsr = jnp.repeat(ws, nv, axis=0)
         cr = jnp.tile(c, (num_ids, 1))
@@ -44,7 +47,7 @@ def make_preview_fn(models: Models, sc: StepConfig, num_ids: int, seed: int):
         # grid of the first identity (trained generator) and its depth control (frozen)
         g_after = syn(params, jnp.repeat(ws[:1], 4, 0), cg, superresolution=False)
         g_frozen = syn(fparams, jnp.repeat(ws[:1], 4, 0), cg, superresolution=False)
-        half = G.config.img_resolution // 2
+        half = G.image_size // 2
         grid = losses.make_grid(resize_bilinear(g_after["image_raw"], half, align_corners=True))
         ctl = losses.make_grid(renderer_depth_control(g_frozen["image_depth"], half))
         shp = (num_ids, nv) + before.shape[1:]
@@ -54,14 +57,77 @@ def make_preview_fn(models: Models, sc: StepConfig, num_ids: int, seed: int):
     return preview
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _text_strip(width: int, height: int, labels: list[tuple[int, str]]) -> np.ndarray:
+    """A white strip ``[height, width, 3]`` with each ``(offset, text)`` written at ``offset``
+    px along it."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    font = _font(max(12, min(height // 2, 28)))
+    for off, text in labels:
+        d.text((off + 6, height // 2), text, fill="black", font=font, anchor="lm")
+    return np.asarray(img)
+
+
+def _deg(yaw: float) -> str:
+    return f"yaw {round(math.degrees(yaw)):+d}°"
+
+
 def compose(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """-> (identities sheet: rows = identity, columns = before/after at each yaw;
-    grid | control side by side)."""
-    rows = []
-    for b, a in zip(p["before"], p["after"], strict=True):
-        rows.append(np.concatenate([np.concatenate([bv, av], axis=1) for bv, av in zip(b, a,
-                                                                                      strict=True)],
-                                   axis=1))
+    """uint8 previews -> (identities sheet, grid sheet), both labelled.
+
+    Sheet: a header row naming each column's yaw; per identity two rows, ``frozen`` (the
+    generator before training) and ``stylized``, named in a left column. Grid sheet: the
+    stylized 2x2 grid of identity 0 (each tile's yaw written on it) next to the frozen
+    renderer's depth (the grid's depth control when ``grid.control=renderer_depth``)."""
+    n_ids, nv, size = p["before"].shape[:3]
+    label_w, head_h = max(160, size // 3), max(32, size // 12)
+    rows = [_text_strip(label_w + nv * size, head_h,
+                        [(label_w + j * size, _deg(y)) for j, y in enumerate(PREVIEW_YAWS)])]
+    for i in range(n_ids):
+        for name, imgs in (("frozen", p["before"][i]), ("stylized", p["after"][i])):
+            rows.append(np.concatenate([_left_label(size, label_w, f"id {i}", name), *imgs],
+                                       axis=1))
     sheet = np.concatenate(rows, axis=0)
-    grid = np.concatenate([p["grid"], p["grid_control"]], axis=1)
-    return sheet, grid
+    g, c = p["grid"], p["grid_control"]
+    half = g.shape[0] // 2
+    g = _stamp(g, [((x, y), _deg(yaw)) for (y, x), yaw in
+                   zip([(0, 0), (0, half), (half, 0), (half, half)], GRID_YAWS, strict=True)])
+    body = np.concatenate([g, c], axis=1)
+    head = _text_strip(body.shape[1], head_h, [(0, "stylized 2x2 grid (identity 0, before SR)"),
+                                               (g.shape[1], "frozen renderer depth")])
+    return sheet, np.concatenate([head, body], axis=0)
+
+
+def _left_label(height: int, width: int, *lines: str) -> np.ndarray:
+    """White ``[height, width, 3]`` block with ``lines`` written one under the other."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    font = _font(max(12, min(width // 6, 28)))
+    for k, text in enumerate(lines):
+        d.text((8, height // 2 + (k - (len(lines) - 1) / 2) * font.size * 1.3), text,
+               fill="black", font=font, anchor="lm")
+    return np.asarray(img)
+
+
+def _stamp(img: np.ndarray, labels: list[tuple[tuple[int, int], str]]) -> np.ndarray:
+    """``img`` with each ``((x, y), text)`` written at its top-left corner on a white box."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    font = _font(max(12, img.shape[0] // 24))
+    for (x, y), text in labels:
+        box = d.textbbox((x + 6, y + 6), text, font=font)
+        d.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill="white")
+        d.text((x + 6, y + 6), text, fill="black", font=font)
+    return np.asarray(im)

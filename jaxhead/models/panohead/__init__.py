@@ -40,6 +40,42 @@ class PanoHead:
     def num_ws(self) -> int:
         return self.config.num_ws
 
+    # --- the jaxhead.generators.Generator3D interface -----------------------------------------
+
+    @property
+    def z_dim(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.config.img_resolution
+
+    @property
+    def camera_radius(self) -> float:
+        return self.config.avg_camera_radius
+
+    def representation(self, params: Params, ws: jax.Array, *, noise_mode: str = "const",
+                       rng: jax.Array | None = None) -> jax.Array:
+        """The tri-grid planes ``[N, T, T, 96 * depth]`` (:meth:`planes`)."""
+        return self.planes(params, ws, noise_mode=noise_mode, rng=rng)
+
+    def render(self, params: Params, ws: jax.Array, c: jax.Array, rep: jax.Array, *,
+               noise_mode: str = "const", rng: jax.Array | None = None,
+               deterministic: bool = False, background: str = "none",
+               superresolution: bool = True) -> dict[str, jax.Array]:
+        """:meth:`synthesis` from precomputed planes ``rep``."""
+        return self.synthesis(params, ws, c, planes=rep, noise_mode=noise_mode, rng=rng,
+                              deterministic=deterministic, background=background,
+                              superresolution=superresolution)
+
+    def feature_planes(self, rep: jax.Array) -> jax.Array:
+        """Planes ``[N, T, T, 3 * C]`` -> ``[N, T, T, 3, C]`` (C = 32 * depth)."""
+        return rep.reshape(rep.shape[:3] + (3, rep.shape[-1] // 3))
+
+    def save(self, directory: str | os.PathLike, params: Params,
+             extra: dict[str, Any] | None = None) -> None:
+        save_panohead(directory, self, params, extra)
+
     def init(self, rng: jax.Array) -> Params:
         """Random parameters (PyTorch-like init: N(0, 1) raw weights, zero biases, affine bias 1).
 
@@ -134,3 +170,12 @@ def load_panohead(directory: str | os.PathLike) -> tuple[PanoHead, Params]:
     G = PanoHead(PanoHeadConfig.from_dict(cfg["panohead"]))
     params_io.check_tree(flat_params, G.param_shapes(), what="PanoHead parameters")
     return G, jax.tree.map(jnp.asarray, flat_params)
+
+
+def _register() -> None:
+    from jaxhead.generators import register_generator
+
+    register_generator(FORMAT, load_panohead)
+
+
+_register()

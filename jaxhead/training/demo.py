@@ -1,0 +1,166 @@
+"""Tiny random-weight stand-ins for every model of the step (a small PanoHead and a small
+Stable Diffusion stack, built in code): the ``demo`` config runs the whole pipeline on a
+laptop CPU in minutes and downloads nothing. ``size="full"`` builds the released PanoHead and
+SD 1.5 architectures with random weights (benchmarks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxhead.diffusion import NoiseSchedule
+from jaxhead.models import clip_text
+from jaxhead.models.controlnet import ControlNetConfig, ControlNetModel
+from jaxhead.models.panohead import PanoHead
+from jaxhead.models.panohead.demo import demo_generator
+from jaxhead.models.sd_convert import param_shapes
+from jaxhead.models.unet import UNet2DConditionModel, UNetConfig
+from jaxhead.models.vae import AutoencoderKL, VAEConfig, encode_latents
+from jaxhead.teacher import Teacher
+from jaxhead.training.demo_teacher import GaussianTeacher, palette_image
+from jaxhead.training.models import (
+    Models,
+    controlnet_names,
+    text_embeddings,
+    uses_depth_model,
+    uses_lpips,
+)
+
+DEMO_UNET = dict(block_out_channels=(32, 64), down_block_types=("DownBlock2D",
+                 "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                 layers_per_block=(1, 1), norm_num_groups=8, cross_attention_dim=32,
+                 num_attention_heads=(2, 2), transformer_layers_per_block=(1, 1))
+DEMO_CONTROL_CHANNELS = (8, 8, 16, 16)  # 8x down: 512 px control for 64 px latents
+DEMO_CONTROLNET_SEEDS = {"edge": 3, "depth": 4}  # seed offsets: each ControlNet its own weights
+DEMO_VAE = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8)
+DEMO_DEPTH = dict(embed_dim=32, depth=4, num_heads=2, intermediate_layers=(0, 1, 2, 3),
+                  features=16, out_channels=(8, 16, 16, 32), head_hidden=8)
+DEMO_CLIP = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=2, max_position_embeddings=77, eos_token_id=999)
+
+
+class DemoTokenizer:
+    """Word-hash tokenizer for the demo text encoder (the real one is CLIP's BPE)."""
+
+    model_max_length = 77
+
+    def __init__(self, vocab_size: int = 1000) -> None:
+        self.vocab_size = vocab_size
+
+    def __call__(self, prompts, padding=None, truncation=True, max_length=77,
+                 return_tensors="np"):
+        ids = np.full((len(prompts), max_length), self.vocab_size - 1, np.int32)
+        for i, p in enumerate(prompts):
+            toks = [int(hashlib.md5(w.lower().encode()).hexdigest(), 16)
+                    % (self.vocab_size - 2) + 1 for w in p.replace(",", " ").split()]
+            toks = [0] + toks[: max_length - 2] + [self.vocab_size - 1]
+            ids[i, : len(toks)] = toks
+        return {"input_ids": ids}
+
+
+def random_params(shapes: Any, seed: int) -> Any:
+    """Host-side random params for a shape tree: weights ~ N(0, 1/fan_in), norm scales 1,
+    biases small (no init compile; every path, zero-convs included, is active)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            return jnp.ones(s.shape, jnp.float32)
+        if name.endswith("['bias']"):
+            return jnp.asarray(0.02 * rng.standard_normal(s.shape), jnp.float32)
+        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
+        return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
+    """PanoHead + SD stack with random weights built in code: ``size="demo"`` tiny models (the
+    ``demo`` config), ``size="full"`` the released PanoHead and SD 1.5 architectures (for
+    benchmarks; about 2 GB of parameters)."""
+    from jaxhead.models.panohead import PanoHeadConfig
+    from jaxhead.models.panohead.demo import demo_params
+
+    seed = int(config.seed)
+    full = size == "full"
+    if full:
+        G = PanoHead(PanoHeadConfig())
+        g_params = demo_params(G, seed)
+    else:
+        G, g_params = demo_generator(seed)
+    vae_mod = AutoencoderKL(VAEConfig() if full else VAEConfig(**DEMO_VAE),
+                            remat=bool(config.remat))
+    s = vae_mod.config.downscale
+    vae_params = random_params(param_shapes(vae_mod, np.zeros((1, s, s, 3), np.float32)),
+                               seed + 1)
+    sched = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                       "beta_end": 0.012, "steps_offset": 1,
+                                       "set_alpha_to_one": False})
+    alphas = np.asarray(sched.alphas_cumprod, np.float32)
+    if config.demo_teacher == "gaussian":
+        teacher, t_params = gaussian_teacher(vae_mod, vae_params, alphas, G.image_size)
+    else:
+        teacher, t_params = random_sd_teacher(config, seed, full)
+    clip_cfg = clip_text.CLIPTextConfig() if full else clip_text.CLIPTextConfig(**DEMO_CLIP)
+    clip = clip_text.CLIPTextModel(clip_cfg)
+    clip_params = random_params(param_shapes(clip, np.zeros((1, 77), np.int32)), seed + 9)
+    tok = DemoTokenizer(clip_cfg.vocab_size)
+    text = text_embeddings(tok, clip, clip_params, config)
+    depth, d_params = None, None
+    if uses_depth_model(config):
+        from jaxhead.models import depth_anything as da
+
+        dcfg = da.CONFIGS["vitb"] if full else da.DepthAnythingConfig(**DEMO_DEPTH)
+        depth = da.DepthAnythingV2(dcfg)
+        d_params = random_params(depth.param_shapes(), seed + 11)
+    lpips_params = None
+    if uses_lpips(config):  # the real AlexNet size (small), random weights
+        from jaxhead.models import lpips as lpips_lib
+
+        lpips_params = lpips_lib.random_params(jax.random.key(seed + 13))
+    models = Models(G, vae_mod, teacher, alphas, sched.timesteps(config.num_inference_steps),
+                    depth, demo=True)
+    return models, {"generator": g_params, "vae": vae_params, "teacher": t_params,
+                    "depth": d_params, "text": text, "lpips": lpips_params}
+
+
+def random_sd_teacher(config, seed: int, full: bool) -> tuple[Teacher, dict[str, Any]]:
+    """A random-weight SD UNet and the config's ControlNets (tiny, or SD 1.5 size)."""
+    tdtype = jnp.bfloat16 if config.models.teacher_dtype == "bfloat16" else jnp.float32
+    ucfg = UNetConfig() if full else UNetConfig(**DEMO_UNET)
+    unet = UNet2DConditionModel(ucfg, dtype=tdtype)
+    x = np.zeros((1, 8, 8, 4), np.float32)
+    ctx = np.zeros((1, 77, ucfg.cross_attention_dim), np.float32)
+    t = np.zeros((1,), np.int32)
+    unet_params = random_params(param_shapes(unet, x, t, ctx), seed + 2)
+    cns, cn_params = [], {}
+    for name in controlnet_names(config):
+        ccfg = ControlNetConfig() if full else ControlNetConfig(
+            **{k: v for k, v in DEMO_UNET.items() if k != "up_block_types"},
+            conditioning_embedding_out_channels=DEMO_CONTROL_CHANNELS)
+        cn = ControlNetModel(ccfg, dtype=tdtype)
+        ctl = np.zeros((1, 64, 64, 3), np.float32)
+        cn_params[name] = random_params(param_shapes(cn, x, t, ctx, ctl, 1.0),
+                                        seed + DEMO_CONTROLNET_SEEDS.get(name, 5))
+        cns.append((name, cn))
+    teacher = Teacher(unet, tuple(cns))
+    if tdtype != jnp.float32:
+        from jaxhead.models.sd_convert import cast_params
+
+        unet_params, cn_params = cast_params((unet_params, cn_params), tdtype)
+    return teacher, {"unet": unet_params, "controlnets": cn_params}
+
+
+def gaussian_teacher(vae_mod: AutoencoderKL, vae_params: Any, alphas: np.ndarray,
+                     image_size: int) -> tuple[GaussianTeacher, dict[str, Any]]:
+    """The analytic demo teacher, its target the VAE encoding of the palette image."""
+    img = jnp.asarray(palette_image(image_size))[None]
+    mu = jax.jit(lambda p, x: encode_latents(vae_mod, p, x))(vae_params, img)
+    return GaussianTeacher(alphas), {"mu": mu}
+

@@ -1,0 +1,69 @@
+"""Where arrays live: the device mesh, the train state's and the frozen params' shardings.
+
+Identities (the batch) are split over the mesh's data axis; parameters are replicated, or, with
+``models.shard_teacher``, the frozen teacher's large tensors are split across devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def make_mesh(config) -> Mesh:
+    """1-D mesh over ``num_devices`` local devices (0: the most that split the batch)."""
+    devices = jax.devices()
+    if not config.num_devices:
+        n = max(d for d in range(1, len(devices) + 1) if config.batch_size % d == 0)
+        devices = devices[:n]
+    else:
+        if config.num_devices > len(devices):
+            raise ValueError(f"num_devices={config.num_devices} but only {len(devices)} "
+                             "devices are available")
+        devices = devices[: config.num_devices]
+    return Mesh(np.array(devices), (config.mesh_axis,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh, axis: str) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(axis))
+
+
+def shard_teacher(frozen: dict[str, Any], mesh: Mesh, axis: str) -> dict[str, Any]:
+    """Shard each large teacher tensor along its largest axis divisible by the device count."""
+    n = mesh.devices.size
+
+    def place(x):
+        dims = [i for i, d in enumerate(x.shape) if d % n == 0 and d >= n]
+        if x.size < 1 << 16 or not dims:
+            return jax.device_put(x, replicated(mesh))
+        i = max(dims, key=lambda k: x.shape[k])
+        spec = [None] * x.ndim
+        spec[i] = axis
+        return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+    out = dict(frozen)
+    out["teacher"] = jax.tree.map(place, frozen["teacher"])
+    return out
+
+
+def place_frozen(frozen: dict[str, Any], mesh: Mesh, config) -> dict[str, Any]:
+    """Frozen params on the mesh: replicated (teacher optionally sharded)."""
+    frozen = jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), frozen)
+    if config.models.shard_teacher and mesh.devices.size > 1:
+        frozen = shard_teacher(frozen, mesh, config.mesh_axis)
+    return frozen
+
+
+def constrain_batch(x: jax.Array, mesh: Mesh | None, axis: str) -> jax.Array:
+    """Split the leading (identity) axis of ``x`` over the mesh's data axis."""
+    if mesh is None:
+        return x
+    spec = PartitionSpec(axis, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

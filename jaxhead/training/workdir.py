@@ -1,0 +1,74 @@
+"""A run's working directory: refusing to resume with a different config, and keeping its
+logs consistent with the restored checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jaxhead.errors import UsageError
+
+# Fields that may differ between a run and its resumption: they do not change the trajectory
+# (logging cadence, length, placement, memory strategy, this list itself).
+RESUMABLE_CHANGES = (
+    "steps", "workdir", "log_every", "preview_every", "preview_identities",
+    "checkpoint_every", "keep_checkpoints", "final_turntable_identities",
+    "final_turntable_frames", "distributed", "num_devices", "mesh_axis", "remat",
+    "models.shard_teacher", "max_skipped_steps", "resume_changed",
+)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{dotted field: (saved, new)}`` for every field that differs (JSON values)."""
+    a, b = _flat(saved), _flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume(workdir: Path, config) -> None:
+    """Refuse, before anything is written, to continue the run in ``workdir`` with a config
+    that changes its trajectory (prompt, objective, optimizer, models, batch, ...). Fields in
+    :data:`RESUMABLE_CHANGES` and those named in ``config.resume_changed`` may change."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON ({e}); move it away to start a new run "
+                         "in this workdir") from None
+    new = json.loads(config.to_json_best_effort())
+    allowed = set(RESUMABLE_CHANGES) | set(config.resume_changed)
+    refused = {k: v for k, v in config_changes(saved, new).items()
+               if not any(k == f or k.startswith(f + ".") for f in allowed)}
+    if refused:
+        lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise UsageError(
+            f"workdir {str(workdir)!r} holds a run with a different config ({lines}). Use a "
+            f"new --config.workdir, or continue anyway with --config.resume_changed="
+            f"'({', '.join(repr(k) for k in refused)},)'")
+
+
+def truncate_metrics(workdir: Path, step: int) -> int:
+    """Drop ``metrics.jsonl`` rows logged after ``step`` (the restored checkpoint): a resumed
+    run logs those steps again. Returns the number of rows dropped."""
+    path = workdir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(x + "\n" for x in keep))
+        tmp.replace(path)
+    return len(lines) - len(keep)

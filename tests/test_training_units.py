@@ -1,0 +1,132 @@
+"""The trainer's extension points and fixes, unit by unit (no full step compiled here)."""
+
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import demo
+from jaxhead import losses
+from jaxhead.errors import UsageError
+from jaxhead.teacher import TeacherOutput
+from jaxhead.training.config import validate_config
+from jaxhead.training.sampling import sample_step_index
+from jaxhead.training.views import StepContext
+
+
+def _nhwc(x):
+    return jnp.asarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def test_sds_rank_weighting_acts_on_the_score_not_the_noise(fixtures_dir):
+    """Official order: ``(W(score) - noise) sqrt(1 - abar)``; rank-weighting the whole
+    ``(score - noise) sqrt(1 - abar)`` (jaxhead before) also shrinks the noise's ranks."""
+    off = dict(np.load(fixtures_dir / "ld_official" / "ld_official.npz"))
+    eu, ec, noise = _nhwc(off["eps_uncond"]), _nhwc(off["eps_text"]), _nhwc(off["noise"])
+    ab = float(off["alphas_cumprod"][int(off["start_step"])])
+    official = (_nhwc(off["rank_weighted_renorm"]) - noise) * np.sqrt(1 - ab)
+    ctx = _ctx(objective="sds", guidance_scale=float(off["guidance_scale"]))
+    ctx.models.alphas_cumprod = np.asarray(off["alphas_cumprod"], np.float32)
+    out = TeacherOutput(eu, ec, eu)
+    idx = jnp.full((eu.shape[0],), int(off["start_step"]))
+    g = ctx.objective(out, noise, idx, (1.0, 0.75, 0.5, 0.25), True)
+    scale = float(np.abs(official).max())
+    assert float(np.abs(np.asarray(g) - np.asarray(official)).max()) <= 1e-4 * scale
+    old = losses.rank_weighting(losses.sds_grad(eu, ec, noise=noise, alpha_bar=ab,
+                                                form="official"))
+    assert float(np.abs(np.asarray(old) - np.asarray(official)).max()) > 1e-2 * scale
+
+
+def _ctx(**over) -> StepContext:
+    """A StepContext over a tiny stand-in schedule (for the diffusion-side helpers)."""
+    c = demo.get_config()
+    for k, v in over.items():
+        c[k] = v
+    cfg = validate_config(c)
+    ac = np.linspace(0.999, 0.01, 1000).astype(np.float32)
+    models = SimpleNamespace(alphas_cumprod=ac, timesteps=np.arange(980, -1, -20))
+    return StepContext(models, cfg, {}, {}, jnp.zeros((1, 1, 1)), None, None, {})
+
+
+def test_objective_registry_is_the_single_source():
+    """Objectives, their defaults and objective_kw come from the registry: SDS's DreamFusion
+    form and BSD's own guidance scale are reachable from the config."""
+    assert losses.objective_kwargs("sds", {"form": None}, 7.5) == {"guidance_scale": 7.5,
+                                                                   "form": "official"}
+    assert losses.objective_kwargs("sds", {"form": "standard"}, 7.5)["form"] == "standard"
+    assert losses.objective_kwargs("bsd", {}, 7.5)["guidance_scale"] == 7.5
+    c = demo.get_config()
+    c.objective = "sds"
+    c.objective_kw.form = "standard"
+    cfg = validate_config(c)
+    assert losses.objective_kwargs(cfg.objective, cfg.objective_kw,
+                                   cfg.guidance_scale)["form"] == "standard"
+    c.objective = "bsd"
+    c.objective_kw.form = "paper"  # bsd has no `form`
+    with pytest.raises(UsageError, match="not parameters of objective 'bsd'"):
+        validate_config(c)
+    c.objective = "nope"
+    c.objective_kw.form = None
+    with pytest.raises(UsageError, match="objective='nope'"):
+        validate_config(c)
+
+
+def test_register_an_objective_from_outside():
+    """One function and one registry line: the config gains its keywords, validation and
+    the step's objective call read it."""
+    calls = []
+
+    def toy_grad(eps_uncond, eps_cond, *, noise, alpha_bar, strength=1.0):
+        calls.append(strength)
+        return strength * (eps_cond - eps_uncond) + 0 * noise * alpha_bar[:, None, None, None]
+
+    losses.register_objective("toy_units", toy_grad, strength=3.0)
+    try:
+        ctx = _ctx(objective="toy_units")
+        assert "strength" in demo.get_config().objective_kw
+        e = jnp.ones((2, 4, 4, 4))
+        g = ctx.objective(TeacherOutput(0 * e, e, e), e, jnp.array([3, 4]),
+                          (1.0, 0.75, 0.5, 0.25))
+        assert calls == [3.0]
+        # no score_transform parameter: the rank weighting acts on the objective's output
+        np.testing.assert_allclose(np.asarray(g), np.asarray(losses.rank_weighting(3.0 * e)),
+                                   atol=1e-6)
+        with pytest.raises(TypeError, match="alpha_bar"):
+            losses.register_objective("bad", lambda eps_uncond, eps_cond, *, noise: noise)
+    finally:
+        losses.OBJECTIVES.pop("toy_units")
+
+
+def test_step_ranges_draw_exactly_the_stated_indices():
+    key = jax.random.key(0)
+    draws = lambda **kw: set(np.asarray(sample_step_index(key, (20000,), **kw)).tolist())  # noqa: E731
+    assert draws(t_range=(0.70, 0.96), num_steps=50) == set(range(35, 48))
+    assert draws(t_range=(0.30, 0.80), num_steps=50) == set(range(15, 40))
+    # the official random.randint(35, 49) includes both ends
+    assert draws(t_range=(0.70, 0.96), num_steps=50, step_range=(35, 49)) == set(range(35, 50))
+    assert draws(t_range=(0.3, 0.8), num_steps=50, step_range=(15, 40)) == set(range(15, 41))
+    c = demo.get_config()
+    c.grid.step_range = (15, 50)
+    with pytest.raises(UsageError, match="grid.step_range"):
+        validate_config(c)
+
+
+def test_config_refuses_non_finite_and_out_of_range_values():
+    c = demo.get_config()
+    c.optimizer.lr = float("nan")
+    c.guidance_scale = float("inf")
+    c.optimizer.b2 = 1.5
+    c.optimizer.eps = -1.0
+    c.truncation_cutoff = -5
+    c.num_devices = -1
+    c.single.pitch_range = (0.0, float("nan"))
+    with pytest.raises(UsageError) as e:
+        validate_config(c)
+    msg = str(e.value)
+    for field in ("optimizer.lr=nan", "guidance_scale=inf", "optimizer.b1 and b2",
+                  "optimizer.eps", "truncation_cutoff", "num_devices", "single.pitch_range"):
+        assert field in msg, field
+    assert isinstance(validate_config(demo.get_config()), ml_collections.FrozenConfigDict)
