@@ -125,16 +125,6 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     for step in range(start, config.steps):
         state, m = step_fn(state, frozen)
         s = step + 1
-        skipped = skipped + 1 if float(m["skipped"]) else 0
-        if skipped >= config.max_skipped_steps:
-            bar.close()
-            last = mgr.latest_step()
-            raise TrainingDiverged(
-                f"{skipped} consecutive steps (up to step {s}) had a non-finite gradient and "
-                f"were skipped; nothing non-finite was saved (last checkpoint: "
-                f"{'none' if last is None else f'step {last}'} in {workdir / 'checkpoints'}). "
-                "Lower optimizer.lr, check the teacher and weights, or raise "
-                "max_skipped_steps")
         if s % config.log_every == 0 or s == config.steps:
             metrics = {k: float(v) for k, v in jax.device_get(m).items()}
             dt = time.time() - t_last
@@ -145,6 +135,18 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in
                              ("ld_single", "ld_grid", "tweedie", "lpips", "ldis") if k in metrics})
         bar.update(1)
+        skipped = skipped + 1 if float(m["skipped"]) else 0
+        if skipped >= config.max_skipped_steps:
+            bar.close()
+            if writer:
+                writer.close()
+            last = mgr.latest_step()
+            raise TrainingDiverged(
+                f"{skipped} consecutive steps (up to step {s}) had a non-finite gradient and "
+                f"were skipped; nothing non-finite was saved (last checkpoint: "
+                f"{'none' if last is None else f'step {last}'} in {workdir / 'checkpoints'}). "
+                "Lower optimizer.lr, check the teacher and weights, or raise "
+                "max_skipped_steps")
         if is_main and config.preview_every > 0 and (s % config.preview_every == 0
                                                      or s == config.steps):
             if preview_fn is None:
