@@ -14,7 +14,8 @@ from jaxhead.errors import UsageError
 from jaxhead.teacher import TeacherOutput
 from jaxhead.training.config import validate_config
 from jaxhead.training.sampling import sample_step_index
-from jaxhead.training.views import StepContext
+from jaxhead.training.step import KEY_NAMES
+from jaxhead.training.views import GridView, SingleView, StepContext
 
 
 def _nhwc(x):
@@ -112,6 +113,42 @@ def test_step_ranges_draw_exactly_the_stated_indices():
     c.grid.step_range = (15, 50)
     with pytest.raises(UsageError, match="grid.step_range"):
         validate_config(c)
+
+
+class _RecordingCtx(StepContext):
+    """Records the PRNG key of every render; returns zeros of the right shapes."""
+
+    def render_trained(self, ws, c, rep, *, key, superresolution=True):
+        return self._fake("trained", key, len(c), superresolution)
+
+    def render_frozen(self, ws, c, rep, *, key, superresolution=True):
+        return self._fake("frozen", key, len(c), superresolution)
+
+    def _fake(self, who, key, n, sr):
+        self.log.append((who, np.asarray(jax.random.key_data(key)).tolist()))
+        r = 8
+        out = {"image_raw": jnp.zeros((n, r, r, 3)), "image_depth": jnp.ones((n, r, r, 1)),
+               "image_acc": jnp.ones((n, r, r, 1))}
+        if sr:
+            out["image"] = jnp.zeros((n, 64, 64, 3))
+        return out
+
+
+def test_trained_single_and_grid_renders_draw_independent_keys():
+    c = demo.get_config()
+    cfg = validate_config(c)
+    keys = dict(zip(KEY_NAMES, jax.random.split(jax.random.key(1), len(KEY_NAMES)),
+                    strict=True))
+    G = SimpleNamespace(camera_radius=2.7, image_size=64)
+    models = SimpleNamespace(G=G, latent_size=8, depth=None)
+    ctx = _RecordingCtx(models, cfg, {}, {}, jnp.zeros((1, 14, 8)), jnp.zeros((1, 4)),
+                        jnp.zeros((1, 4)), keys)
+    object.__setattr__(ctx, "log", [])
+    SingleView(cfg.single).render(ctx)
+    GridView(cfg.grid).render(ctx)
+    trained = [k for who, k in ctx.log if who == "trained"]
+    assert len(trained) == 2 and trained[0] != trained[1]
+    assert len({str(k) for _, k in ctx.log}) == len(ctx.log)  # every render its own stream
 
 
 def test_config_refuses_non_finite_and_out_of_range_values():

@@ -32,7 +32,7 @@ sg = jax.lax.stop_gradient
 # The step's named PRNG streams. split() is prefix-stable, so a stream appended here leaves
 # every earlier stream (and so every recorded trajectory) unchanged.
 KEY_NAMES = ("z", "pose", "grid_pose", "noise_g", "noise_f", "render", "render_f", "vae",
-             "t_sv", "t_grid", "eps_sv", "eps_grid", "render_gf")
+             "t_sv", "t_grid", "eps_sv", "eps_grid", "render_gf", "render_grid")
 
 
 @flax.struct.dataclass

@@ -258,7 +258,7 @@ class GridView:
                             ctx.G.camera_radius).reshape(-1, 25)
         rep4 = lambda x: jnp.repeat(x, 4, axis=0)  # noqa: E731
         before = g.mode == "before_sr"
-        tr = ctx.render_trained(rep4(ctx.ws), cg, rep4(ctx.rep), key=k["render"],
+        tr = ctx.render_trained(rep4(ctx.ws), cg, rep4(ctx.rep), key=k["render_grid"],
                                 superresolution=not before)
         fr = ctx.render_frozen(rep4(ctx.ws), cg, rep4(ctx.rep_frozen), key=k["render_gf"],
                                superresolution=CONTROLS[g.control].needs_image)
