@@ -435,7 +435,7 @@ def safe_load(f: BinaryIO, name: str | None = None) -> Any:
     ``name`` (default: ``f.name``); only OS errors pass through unchanged.
     """
     where = name if name is not None else getattr(f, "name", None)
-    pre = f"{where}: " if where else ""
+    pre = f"{str(where)!r}: " if where else ""
     try:
         return _RestrictedUnpickler(f).load()
     except OSError:
