@@ -21,7 +21,7 @@ import numpy as np
 from jaxhead.models import sd_layers as L
 from jaxhead.models.sd_convert import cast_params, param_shapes, torch_to_flax
 from jaxhead.models.unet import CONVERT_HINT
-from jaxhead.utils.params_io import check_tree, load_params
+from jaxhead.utils.params_io import check_tree, data_errors, load_params
 
 Array = Any
 
@@ -174,11 +174,15 @@ def convert(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> 
                          what="CLIPTextModel")
 
 
-def load(path: str | os.PathLike, *, dtype: Any = jnp.float32
+def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, verify: bool = True
          ) -> tuple[CLIPTextModel, dict[str, Any]]:
-    """Load a converted text encoder directory -> (module, params as ``dtype`` jax arrays)."""
-    params, config = load_params(path, what="CLIP text encoder", convert_hint=CONVERT_HINT)
-    module = CLIPTextModel(CLIPTextConfig.from_transformers(config), dtype=dtype)
+    """Load a converted text encoder directory -> (module, params as ``dtype`` jax arrays).
+    ``verify``: check the content hash and finiteness (``params_io.load_params``)."""
+    params, config = load_params(path, what="CLIP text encoder", convert_hint=CONVERT_HINT,
+                                 verify=verify)
+    with data_errors(f"{os.fspath(path)}/config.json"):
+        cfg = CLIPTextConfig.from_transformers(config)
+    module = CLIPTextModel(cfg, dtype=dtype)
     check_tree(params, expected_shapes(module),
                what=f"CLIP text encoder parameters in {str(path)!r}")
     return module, cast_params(params, dtype)
