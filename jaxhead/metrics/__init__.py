@@ -1,0 +1,1 @@
+"""Evaluation metrics of the paper: FID / KID on the FID Inception-v3's pool3 features."""
