@@ -15,7 +15,8 @@ KID (Binkowski et al. 2018) as torch-fidelity computes it: the unbiased MMD^2 es
 polynomial kernel ``k(x, y) = (gamma x.y + coef0)^degree`` (``gamma = 1/d``: ``(x.y/d + 1)^3``),
 averaged over ``num_subsets`` random subsets of ``subset_size`` from each set (drawn without
 replacement; the size is clipped to the smaller set, as clean-fid does). With the same seed the
-subsets are torch-fidelity's (``np.random.RandomState(seed).choice``, set 1 then set 2).
+subsets are torch-fidelity's (``np.random.RandomState(seed).choice``, set 1 then set 2); the
+values then agree up to round-off (torch-fidelity's kernels are float32, these float64).
 """
 
 from __future__ import annotations
