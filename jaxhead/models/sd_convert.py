@@ -8,7 +8,8 @@ One rule set serves every network because the Flax modules mirror the PyTorch at
 3. leaf and layout by what the model expects at that path (``jax.eval_shape`` of ``init``):
    conv ``weight`` OIHW -> ``kernel`` HWIO, linear ``weight`` [out, in] -> ``kernel`` [in, out]
    (a 1x1-conv weight [out, in, 1, 1] is accepted for a linear layer), norm ``weight`` ->
-   ``scale``, embedding ``weight`` -> ``embedding``, ``bias`` unchanged.
+   ``scale``, embedding ``weight`` -> ``embedding``, ``bias`` and any other leaf (a bare
+   ``nn.Parameter``) unchanged.
 
 Missing, unexpected and mis-shaped keys are reported together in one ``DataError`` (a
 ``ValueError``: the cause is the user's checkpoint or config).
@@ -68,8 +69,8 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, A
         elif leaf == "weight":
             path = next((f"{base}/{n}" for n in ("kernel", "scale", "embedding")
                          if f"{base}/{n}" in want), None)
-        else:
-            path = None
+        else:  # a bare nn.Parameter (CLIP's class_embedding, logit_scale) keeps its name
+            path = f"{base}/{leaf}" if base else leaf
         if path is None or path not in want:
             unexpected.append(key)
             continue
