@@ -1,4 +1,4 @@
-"""Render 360-degree turntables, contact sheets and depth strips of a PanoHead generator.
+"""Render 360-degree turntables, contact sheets and depth strips of a 3D generator (PanoHead).
 
     python -m jaxhead.render --generator DST --seeds 0,1,2 --out OUT
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from jaxhead.camera import make_camera
 from jaxhead.errors import ArgumentParser, DataError, run_cli
-from jaxhead.models.panohead import PanoHead, load_panohead
+from jaxhead.generators import Generator3D, load_generator
 
 SHEET_VIEWS = 8
 
@@ -52,26 +52,26 @@ def depth_to_uint8(depth: np.ndarray, acc: np.ndarray, size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def make_renderer(G: PanoHead, *, noise_mode: str, background: str):
+def make_renderer(G: Generator3D, *, noise_mode: str, background: str):
     """jitted ``(params, planes [B, ...], ws [B, ...], c [B, 25]) -> (image, depth, acc)``."""
 
     @jax.jit
     def render(params, planes, ws, c):
-        out = G.synthesis(params, ws, c, planes=planes, noise_mode=noise_mode,
+        out = G.render(params, ws, c, planes, noise_mode=noise_mode,
                           deterministic=True, background=background)
         return out["image"], out["image_depth"], out["image_acc"]
 
     return render
 
 
-def render_seed(G: PanoHead, params, seed: int, *, frames: int, batch: int, psi: float,
+def render_seed(G: Generator3D, params, seed: int, *, frames: int, batch: int, psi: float,
                 cutoff: int, pitch: float, noise_mode: str, background: str, render,
                 bar: tqdm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (turntable frames uint8 [F, 512, 512, 3], depth [F, r, r, 1], acc [F, r, r, 1])."""
-    z = jnp.asarray(seed_to_z(seed, G.config.z_dim))
-    c_cond = make_camera(jnp.zeros(1), jnp.zeros(1), radius=G.config.avg_camera_radius)
+    z = jnp.asarray(seed_to_z(seed, G.z_dim))
+    c_cond = make_camera(jnp.zeros(1), jnp.zeros(1), radius=G.camera_radius)
     ws = G.mapping(params, z, c_cond, truncation_psi=psi, truncation_cutoff=cutoff)
-    planes = G.planes(params, ws, noise_mode=noise_mode)
+    planes = G.representation(params, ws, noise_mode=noise_mode)
     yaws = np.arange(frames, dtype=np.float32) * (2 * math.pi / frames)
     imgs, depths, accs = [], [], []
     for s in range(0, frames, batch):
@@ -79,7 +79,7 @@ def render_seed(G: PanoHead, params, seed: int, *, frames: int, batch: int, psi:
         nb = len(yb)
         yb = np.pad(yb, (0, batch - nb), mode="edge")  # fixed batch: one compilation
         c = make_camera(jnp.asarray(yb), jnp.full((batch,), pitch),
-                        radius=G.config.avg_camera_radius)
+                        radius=G.camera_radius)
         img, dep, acc = render(params, jnp.repeat(planes, batch, 0), jnp.repeat(ws, batch, 0), c)
         imgs.append(to_uint8(np.asarray(img)[:nb]))
         depths.append(np.asarray(dep)[:nb])
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--fps must be >= 1")
 
     if args.generator:
-        G, params = load_panohead(args.generator, verify=not args.no_verify)
+        G, params = load_generator(args.generator, verify=not args.no_verify)
         name = os.fspath(args.generator)
     else:
         from jaxhead.models.panohead.demo import demo_generator
