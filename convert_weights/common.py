@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
+
+from jaxhead.errors import DataError, one_line
+from jaxhead.utils.params_io import read_safetensors
 
 
 def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -13,28 +17,36 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ``torch.load(weights_only=True)`` (tensors only; no code from the file is run).
 
     Returns a flat ``{name: float32/int ndarray}``. A Lightning-style ``{"state_dict": ...}``
-    wrapper is unwrapped.
+    wrapper is unwrapped. A missing path raises ``FileNotFoundError``; a directory, an empty,
+    truncated or corrupt file, or one torch refuses raises :class:`DataError` naming the file.
     """
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{str(p)!r} is a directory, expected a checkpoint file")
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {str(p)!r}")
     if p.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
         try:
-            return dict(load_file(str(p)))
-        except Exception:  # bf16 tensors are not representable in numpy; go through torch
+            return read_safetensors(p)
+        except TypeError:  # bf16 tensors are not representable in numpy; go through torch
             from safetensors.torch import load_file as load_torch
 
             return {k: _to_numpy(v) for k, v in load_torch(str(p)).items()}
     import torch  # converter extra
 
-    obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except EOFError as e:
+        raise DataError(f"{str(p)!r} is empty or truncated (not a torch checkpoint)") from e
+    except (pickle.UnpicklingError, RuntimeError, ValueError) as e:
+        # refused globals, bad zip archives, tensor views outside their storage, ...
+        why = one_line(e).removeprefix("error: ").splitlines()[0]
+        raise DataError(f"{str(p)!r}: cannot load it as a torch checkpoint: {why}") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{str(p)!r} does not hold a state dict (got {type(obj).__name__})")
-    return {k: _to_numpy(v) for k, v in obj.items() if hasattr(v, "detach")}
+        raise DataError(f"{str(p)!r} does not hold a state dict (got {type(obj).__name__})")
+    return {str(k): _to_numpy(v) for k, v in obj.items() if hasattr(v, "detach")}
 
 
 def _to_numpy(t) -> np.ndarray:

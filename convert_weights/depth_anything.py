@@ -13,8 +13,6 @@ DST gets ``params.safetensors`` + ``config.json`` (load with
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import re
@@ -26,8 +24,16 @@ from typing import Any
 import numpy as np
 
 from convert_weights.common import load_torch_file
+from jaxhead.errors import ArgumentParser, DataError, run_cli
 from jaxhead.models.depth_anything import CONFIGS, DepthAnythingConfig, DepthAnythingV2
-from jaxhead.utils.params_io import check_tree, flatten, save_params, unflatten
+from jaxhead.utils.params_io import (
+    check_tree,
+    data_errors,
+    flatten,
+    read_json,
+    save_params,
+    unflatten,
+)
 
 # Present in every checkpoint but never used by the forward pass: DINOv2's masked-token
 # embedding (pre-training only) and the deepest fusion block's skip unit (it has no skip input).
@@ -75,9 +81,9 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
         return "official"
     if any(k.startswith(("backbone.", "neck.")) for k in keys):
         return "transformers"
-    raise ValueError("not a Depth Anything V2 state dict: expected keys under 'pretrained.' / "
-                     f"'depth_head.' (official) or 'backbone.' / 'neck.' (transformers); got "
-                     f"{keys[:5]}")
+    raise DataError("not a Depth Anything V2 state dict: expected keys under 'pretrained.' / "
+                    f"'depth_head.' (official) or 'backbone.' / 'neck.' (transformers); got "
+                    f"{keys[:5]}")
 
 
 def transformers_to_official(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,11 +104,11 @@ def transformers_to_official(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarr
         else:
             unknown.append(k)
     if unknown:
-        raise ValueError(f"unexpected transformers keys ({len(unknown)}): "
-                         + ", ".join(sorted(unknown)[:20]))
+        raise DataError(f"unexpected transformers keys ({len(unknown)}): "
+                        + ", ".join(sorted(unknown)[:20]))
     for (layer, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"layer {layer}: attention {kind} has only {sorted(parts)} of q/k/v")
+            raise DataError(f"layer {layer}: attention {kind} has only {sorted(parts)} of q/k/v")
         out[f"pretrained.blocks.{layer}.attn.qkv.{kind}"] = np.concatenate(
             [parts["q"], parts["k"], parts["v"]], axis=0)
     return out
@@ -136,23 +142,23 @@ def config_from_official(sd: Mapping[str, np.ndarray], *, num_heads: int | None 
     """Infer the architecture from official tensor shapes. Heads default to ``embed_dim // 64``
     (all DINOv2 sizes) and layers to the official choice for 12 / 24 blocks."""
     if any(k.startswith("depth_head.readout_projects") for k in sd):
-        raise ValueError("use_clstoken=True checkpoints are not supported (no official model)")
+        raise DataError("use_clstoken=True checkpoints are not supported (no official model)")
     if any(".bn1." in k or ".bn2." in k for k in sd):
-        raise ValueError("use_bn=True checkpoints are not supported (no official model)")
+        raise DataError("use_bn=True checkpoints are not supported (no official model)")
     if any(".mlp.w12." in k for k in sd):
-        raise ValueError("SwiGLU (ViT-G) checkpoints are not supported")
+        raise DataError("SwiGLU (ViT-G) checkpoints are not supported")
     need = ["pretrained.cls_token", "pretrained.pos_embed", "pretrained.patch_embed.proj.weight",
             "pretrained.blocks.0.mlp.fc1.weight", "depth_head.scratch.layer1_rn.weight",
             "depth_head.scratch.output_conv2.0.weight"] + [
             f"depth_head.projects.{i}.weight" for i in range(4)]
     missing = [k for k in need if k not in sd]
     if missing:
-        raise ValueError(f"official checkpoint is missing {missing}")
+        raise DataError(f"official checkpoint is missing {missing}")
     dim = sd["pretrained.cls_token"].shape[-1]
     depth = 1 + max(int(m[1]) for k in sd if (m := re.match(r"pretrained\.blocks\.(\d+)\.", k)))
     if layers is None:
         if depth not in OFFICIAL_LAYERS:
-            raise ValueError(f"no official layer choice for a {depth}-block ViT; pass --layers")
+            raise DataError(f"no official layer choice for a {depth}-block ViT; pass --layers")
         layers = OFFICIAL_LAYERS[depth]
     return DepthAnythingConfig(
         embed_dim=dim, depth=depth, num_heads=num_heads or dim // 64,
@@ -183,10 +189,10 @@ def config_from_transformers(cfg: Mapping[str, Any]) -> DepthAnythingConfig:
     }
     bad = {k: got for k, (got, want) in checks.items() if got != want}
     if bad:
-        raise ValueError(f"unsupported transformers Depth Anything config: {bad}")
+        raise DataError(f"unsupported transformers Depth Anything config: {bad}")
     dim = bb["hidden_size"]
     if cfg.get("reassemble_hidden_size", dim) != dim:
-        raise ValueError("reassemble_hidden_size must equal the backbone hidden_size")
+        raise DataError("reassemble_hidden_size must equal the backbone hidden_size")
     patch = bb.get("patch_size", 14)
     return DepthAnythingConfig(
         embed_dim=dim, depth=bb["num_hidden_layers"], num_heads=bb["num_attention_heads"],
@@ -224,24 +230,27 @@ def read_source(src: str | Path, *, num_heads: int | None = None,
         for f in files:
             sd.update(load_torch_file(f))
         if detect_layout(sd) != "transformers":
-            raise ValueError(f"{str(src)!r}: weights are not in the transformers layout")
-        return sd, config_from_transformers(json.loads(cfg_file.read_text())), "transformers"
+            raise DataError(f"{str(src)!r}: weights are not in the transformers layout")
+        with data_errors(str(cfg_file)):
+            cfg = config_from_transformers(read_json(cfg_file))
+        return sd, cfg, "transformers"
     if "metric" in src.name:  # same tensor names, but a sigmoid * max_depth output head
-        raise ValueError(f"{src.name}: metric-depth checkpoints are not supported (relative only)")
+        raise DataError(f"{src.name}: metric-depth checkpoints are not supported (relative only)")
     sd = load_torch_file(src)  # FileNotFoundError names the path
     if detect_layout(sd) != "official":
-        raise ValueError(f"{str(src)!r} holds transformers-layout weights; pass the folder "
-                         "with its config.json instead of the weights file")
-    cfg = config_from_official(sd, num_heads=num_heads, layers=layers)
+        raise DataError(f"{str(src)!r} holds transformers-layout weights; pass the folder "
+                        "with its config.json instead of the weights file")
+    with data_errors(str(src)):
+        cfg = config_from_official(sd, num_heads=num_heads, layers=layers)
     for name, preset in CONFIGS.items():  # cross-check against the file name when it names one
         if name in src.name and preset != cfg:
-            raise ValueError(f"{src.name} looks like {name} but its tensors give {cfg}")
+            raise DataError(f"{src.name} looks like {name} but its tensors give {cfg}")
     return sd, cfg, "official"
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m convert_weights.depth_anything",
-                                 description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m convert_weights.depth_anything",
+                        description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="depth_anything_v2_vit{s,b,l}.pth or a transformers folder")
     ap.add_argument("dst", help="output directory (params.safetensors + config.json)")
     ap.add_argument("--num-heads", type=int, default=None,
@@ -249,17 +258,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", default=None,
                     help="official layout only: comma-separated 0-based blocks for the head")
     a = ap.parse_args(argv)
-    layers = tuple(int(i) for i in a.layers.split(",")) if a.layers else None
+    try:
+        layers = tuple(int(i) for i in a.layers.split(",")) if a.layers else None
+    except ValueError:
+        ap.error(f"--layers must be comma-separated block indices, got {a.layers!r}")
     sd, cfg, layout = read_source(a.src, num_heads=a.num_heads, layers=layers)
     params = convert_state_dict(sd, cfg)
     save_params(a.dst, params, {**cfg.to_dict(), "source": layout})
     n = sum(v.size for v in flatten(params).values())
     print(f"converted {layout} Depth Anything V2 ({cfg.embed_dim}-d, {cfg.depth} blocks, "
           f"{n / 1e6:.1f} M params) -> {a.dst}")
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(run_cli(main))

@@ -22,8 +22,8 @@ keys and shape mismatches raise an error naming them.
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from convert_weights.common import load_torch_file
+from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
 from jaxhead.models import clip_text, controlnet, unet, vae
-from jaxhead.utils.params_io import save_params
+from jaxhead.utils.params_io import data_errors, read_json, save_params, write_text_atomic
 
 MANIFEST = "jaxhead_sd.json"
 # network class name -> (output sub-folder, state dict + config -> Flax params)
@@ -75,7 +76,10 @@ def find_weights(folder: Path) -> list[Path]:
                     return [f]
                 index = folder / f"{name}{variant}{suffix}.index.json"
                 if index.is_file():
-                    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                    weight_map = read_json(index).get("weight_map")
+                    if not isinstance(weight_map, dict):
+                        raise DataError(f"{str(index)!r} has no 'weight_map'")
+                    shards = sorted(set(map(str, weight_map.values())))
                     missing = [s for s in shards if not (folder / s).is_file()]
                     if missing:
                         raise FileNotFoundError(f"{str(index)!r} lists missing shards: {missing}")
@@ -98,8 +102,8 @@ def component_kind(config: Mapping[str, Any], where: Path) -> str:
         else:
             kind = archs[0] if archs else config.get("model_type")
     if kind not in CONVERTERS:
-        raise ValueError(f"{str(where)!r}: unsupported network {kind!r} (supported: "
-                         f"{', '.join(CONVERTERS)})")
+        raise DataError(f"{str(where)!r}: unsupported network {kind!r} (supported: "
+                        f"{', '.join(CONVERTERS)})")
     return kind
 
 
@@ -110,7 +114,9 @@ def read_component(folder: str | Path) -> tuple[str, dict[str, np.ndarray], dict
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no config.json (not a diffusers/"
                                 "transformers component folder)")
-    config = json.loads(cfg_file.read_text())
+    config = read_json(cfg_file)
+    if not isinstance(config, dict):
+        raise DataError(f"{str(cfg_file)!r} does not hold a JSON object")
     kind = component_kind(config, folder)
     state: dict[str, np.ndarray] = {}
     for f in find_weights(folder):
@@ -125,7 +131,7 @@ def convert_state(kind: str, state: Mapping[str, np.ndarray], config: Mapping[st
     try:
         params = fn(state, config)
     except ValueError as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise DataError(f"{source}: {e}") from None
     save_params(dst, params, dict(config))
 
 
@@ -147,7 +153,7 @@ _CLIP = "cond_stage_model.transformer."
 
 def _need(state: Mapping[str, np.ndarray], key: str, what: str) -> np.ndarray:
     if key not in state:
-        raise ValueError(f"not an SD 1.x original-layout {what}: key {key!r} is missing")
+        raise DataError(f"not an SD 1.x original-layout {what}: key {key!r} is missing")
     return state[key]
 
 
@@ -162,7 +168,7 @@ def ldm_unet_config(state: Mapping[str, np.ndarray], heads: int = 8) -> dict[str
     ops = sorted(int(m.group(1)) for k in state
                  if (m := re.fullmatch(re.escape(p) + r"input_blocks\.(\d+)\.0\.op\.weight", k)))
     if not ops:
-        raise ValueError("not an SD 1.x original-layout UNet: no downsampling input blocks")
+        raise DataError("not an SD 1.x original-layout UNet: no downsampling input blocks")
     n_res = ops[0] - 1
     levels = len(ops) + 1
     channels, down_types, depth = [], [], []
@@ -184,7 +190,7 @@ def ldm_unet_config(state: Mapping[str, np.ndarray], heads: int = 8) -> dict[str
         context_dim = int(state[f"{p}input_blocks.{first}.1.transformer_blocks.0.attn2.to_k.weight"]
                           .shape[1])
     if context_dim is None:
-        raise ValueError("not an SD 1.x original-layout UNet: no cross-attention blocks")
+        raise DataError("not an SD 1.x original-layout UNet: no cross-attention blocks")
     up_types = [t.replace("Down", "Up") for t in reversed(down_types)]
     head_counts = [c // 64 for c in channels] if use_linear else heads
     return {
@@ -252,10 +258,10 @@ def split_single_file(state: Mapping[str, np.ndarray], *, unet_heads: int = 8,
     from diffusers.loaders import single_file_utils as sfu  # converter extra
 
     if any(k.startswith("cond_stage_model.model.") for k in state):
-        raise ValueError("this is an SD 2.x (OpenCLIP) checkpoint; only SD 1.x single files "
-                         "are supported (convert it with diffusers to a folder first)")
+        raise DataError("this is an SD 2.x (OpenCLIP) checkpoint; only SD 1.x single files "
+                        "are supported (convert it with diffusers to a folder first)")
     if not any(k.startswith(_UNET) for k in state):
-        raise ValueError(f"not an original-layout SD checkpoint: no {_UNET!r} keys")
+        raise DataError(f"not an original-layout SD checkpoint: no {_UNET!r} keys")
     out = {}
     cfg = ldm_unet_config(state, unet_heads)
     out["unet"] = ("UNet2DConditionModel",
@@ -277,14 +283,15 @@ def read_vae(path: Path) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
     if path.is_dir():
         kind, state, config = read_component(path)
         if kind != "AutoencoderKL":
-            raise ValueError(f"--vae {str(path)!r} holds a {kind}, not an AutoencoderKL")
+            raise DataError(f"--vae {str(path)!r} holds a {kind}, not an AutoencoderKL")
         return kind, state, config
     from diffusers.loaders import single_file_utils as sfu
 
     state = load_torch_file(path)
     prefix = _VAE if any(k.startswith(_VAE) for k in state) else ""
-    cfg = ldm_vae_config(state, prefix)
-    return "AutoencoderKL", sfu.convert_ldm_vae_checkpoint(state, cfg), cfg
+    with data_errors(f"--vae {str(path)!r}"):
+        cfg = ldm_vae_config(state, prefix)
+        return "AutoencoderKL", sfu.convert_ldm_vae_checkpoint(state, cfg), cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,11 +300,23 @@ def read_vae(path: Path) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the tokenizer folder; an earlier ``dst`` is replaced only once the copy is
+    complete (a failed copy leaves it as it was)."""
     if not (src / "vocab.json").is_file() or not (src / "merges.txt").is_file():
         raise FileNotFoundError(f"tokenizer folder {str(src)!r} needs vocab.json and merges.txt")
+    tmp, old = dst.with_name(dst.name + ".tmp"), dst.with_name(dst.name + ".old")
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    try:
+        shutil.copytree(src, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_scheduler(src: Path | None, dst: Path) -> None:
@@ -308,8 +327,8 @@ def _write_scheduler(src: Path | None, dst: Path) -> None:
         f = src / "scheduler_config.json" if src.is_dir() else src
         if not f.is_file():
             raise FileNotFoundError(f"scheduler config not found: {str(f)!r}")
-        config = json.loads(f.read_text())
-    (dst / "scheduler_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        config = read_json(f)
+    write_text_atomic(dst / "scheduler_config.json", json.dumps(config, indent=1, sort_keys=True))
 
 
 def parse_controlnet_arg(arg: str) -> tuple[str, Path]:
@@ -336,7 +355,7 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
     is_pipeline = (src / "model_index.json").is_file()
     if src.is_dir() and (src / "config.json").is_file() and not is_pipeline:
         if vae_path or controlnets or tokenizer or scheduler:
-            raise ValueError("--vae/--controlnet/--tokenizer/--scheduler apply to pipelines, "
+            raise UsageError("--vae/--controlnet/--tokenizer/--scheduler apply to pipelines, "
                              "not to a single component folder")
         kind = convert_component(src, dst)
         log(f"{kind}: {src} -> {dst}")
@@ -348,7 +367,9 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
         if not (src / "model_index.json").is_file():
             raise FileNotFoundError(f"{str(src)!r} is neither a diffusers pipeline folder "
                                     "(model_index.json) nor a component folder (config.json)")
-        index = json.loads((src / "model_index.json").read_text())
+        index = read_json(src / "model_index.json")
+        if not isinstance(index, dict):
+            raise DataError(f"{str(src / 'model_index.json')!r} does not hold a JSON object")
         for name in ("unet", "vae", "text_encoder"):
             if name == "vae" and vae_path is not None:
                 continue
@@ -361,7 +382,7 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
             expected = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL",
                         "text_encoder": "CLIPTextModel"}[name]
             if kind != expected:
-                raise ValueError(f"{str(src / name)!r} holds a {kind}, expected {expected}")
+                raise DataError(f"{str(src / name)!r} holds a {kind}, expected {expected}")
             convert_state(kind, state, config, dst / name, source=str(src / name))
             del state
             written[name] = str(src / name)
@@ -372,12 +393,13 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
             raise FileNotFoundError(f"pipeline {str(src)!r} has no scheduler/ folder")
     else:
         state = load_torch_file(src)
-        parts = split_single_file(state, unet_heads=unet_heads, extract_ema=extract_ema)
+        with data_errors(str(src)):
+            parts = split_single_file(state, unet_heads=unet_heads, extract_ema=extract_ema)
         del state
         if "vae" not in parts and vae_path is None:
-            raise ValueError(f"{str(src)!r} holds no VAE; pass --vae")
+            raise DataError(f"{str(src)!r} holds no VAE; pass --vae")
         if "text_encoder" not in parts:
-            raise ValueError(f"{str(src)!r} holds no CLIP text encoder (cond_stage_model)")
+            raise DataError(f"{str(src)!r} holds no CLIP text encoder (cond_stage_model)")
         for name, (kind, sd, config) in parts.items():
             if name == "vae" and vae_path is not None:
                 continue
@@ -396,7 +418,7 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
     for name, path in controlnets:
         kind, state, config = read_component(path)
         if kind != "ControlNetModel":
-            raise ValueError(f"--controlnet {str(path)!r} holds a {kind}, not a ControlNetModel")
+            raise DataError(f"--controlnet {str(path)!r} holds a {kind}, not a ControlNetModel")
         convert_state(kind, state, config, dst / f"controlnet_{name}", source=str(path))
         written[f"controlnet_{name}"] = str(path)
         log(f"controlnet {name}: {path} -> {dst / f'controlnet_{name}'}")
@@ -408,13 +430,13 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
     _write_scheduler(sched_src, dst / "scheduler")
     written["scheduler"] = str(sched_src) if sched_src else "SD 1.5 default (DDIM)"
     manifest = {"source": str(src), "components": written}
-    (dst / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_text_atomic(dst / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert_weights.diffusers",
-                                 description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(prog="python -m convert_weights.diffusers",
+                        description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="diffusers pipeline/component folder or original .safetensors/"
                                 ".ckpt")
     ap.add_argument("dst", help="output folder")
@@ -430,16 +452,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--extract-ema", action="store_true",
                     help="single file: use the EMA UNet weights if present")
     a = ap.parse_args(argv)
-    try:
-        convert(a.src, a.dst, vae_path=a.vae,
-                controlnets=[parse_controlnet_arg(c) for c in a.controlnet],
-                tokenizer=a.tokenizer, scheduler=a.scheduler, unet_heads=a.unet_heads,
-                extract_ema=a.extract_ema)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if a.unet_heads < 1:
+        ap.error(f"--unet-heads must be >= 1, got {a.unet_heads}")
+    convert(a.src, a.dst, vae_path=a.vae,
+            controlnets=[parse_controlnet_arg(c) for c in a.controlnet],
+            tokenizer=a.tokenizer, scheduler=a.scheduler, unet_heads=a.unet_heads,
+            extract_ema=a.extract_ema)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -13,7 +13,6 @@ DST gets ``params.safetensors`` + ``config.json`` (load with ``jaxhead.models.lp
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from convert_weights.common import load_torch_file
+from jaxhead.errors import ArgumentParser, DataError, run_cli
 from jaxhead.models.lpips import ALEXNET_CONVS, param_shapes
 from jaxhead.utils.params_io import check_tree, save_params
 
@@ -46,7 +46,7 @@ def convert_state_dicts(alexnet: Mapping[str, np.ndarray],
             continue
         w = np.asarray(alexnet[f"{name}.weight"], np.float32)
         if w.ndim != 4:
-            raise ValueError(f"{name}.weight: expected a 4-d conv weight, got shape {w.shape}")
+            raise DataError(f"{name}.weight: expected a 4-d conv weight, got shape {w.shape}")
         net[f"conv{i}"] = {"weight": w.transpose(2, 3, 1, 0),  # OIHW -> HWIO
                            "bias": np.asarray(alexnet[f"{name}.bias"], np.float32)}
     lins = {}
@@ -55,21 +55,21 @@ def convert_state_dicts(alexnet: Mapping[str, np.ndarray],
         if m:
             v = np.asarray(v, np.float32)
             if v.ndim != 4 or v.shape[0] != 1 or v.shape[2:] != (1, 1):
-                raise ValueError(f"{k}: expected a [1, C, 1, 1] lin weight, got shape {v.shape}")
+                raise DataError(f"{k}: expected a [1, C, 1, 1] lin weight, got shape {v.shape}")
             lins[f"lin{m.group(1)}"] = v[0, :, 0, 0]
     for i in range(len(ALEXNET_CONVS)):
         if f"lin{i}" not in lins:
             missing.append(f"lin{i}.model.1.weight")
     if missing:
-        raise ValueError("LPIPS weights are missing tensors: " + ", ".join(missing))
+        raise DataError("LPIPS weights are missing tensors: " + ", ".join(missing))
     params = {"net": net, "lin": lins}
     check_tree(params, param_shapes(), what="converted LPIPS(alex) params")
     return params
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m convert_weights.lpips",
-                                 description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m convert_weights.lpips",
+                        description=__doc__.split("\n\n")[0])
     ap.add_argument("dst", help="output directory (params.safetensors + config.json)")
     ap.add_argument("--alexnet", required=True,
                     help="torchvision AlexNet state dict, or a full lpips.LPIPS state dict")
@@ -81,10 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     params = convert_state_dicts(alex, lin)
     save_params(a.dst, params, {"net": "alex", "version": "0.1"})
     print(f"converted LPIPS(alex, v0.1) -> {a.dst}")
+    return 0
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    sys.exit(run_cli(main))

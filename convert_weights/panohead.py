@@ -11,17 +11,17 @@ optionally ``neural_rendering_resolution``). DST: a directory with ``params.safe
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convert_weights.safe_pickle import init_kwargs, module_state_dict, safe_load
+from convert_weights.safe_pickle import Stub, init_kwargs, module_state_dict, safe_load
+from jaxhead.errors import ArgumentParser, DataError, run_cli
 from jaxhead.models.panohead import PanoHead, PanoHeadConfig, save_panohead
 from jaxhead.ops.upfirdn import setup_filter
 from jaxhead.utils import params_io
@@ -34,29 +34,38 @@ _BUFFERS = re.compile(r"(^backbone\.mapping\.w_avg$|\.noise_const$)")
 
 
 def read_source(src: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
-    """-> (PyTorch state dict of G_ema, init_kwargs, neural rendering resolution)."""
+    """-> (PyTorch state dict of G_ema, init_kwargs, neural rendering resolution).
+
+    A missing file raises ``FileNotFoundError``; a directory, an unreadable or refused file, or
+    one without a generator raises :class:`~jaxhead.errors.DataError` naming the file.
+    """
     p = Path(src)
+    if p.is_dir():
+        raise DataError(f"{str(p)!r} is a directory, expected a network pickle (.pkl) or a "
+                        ".safetensors state dict")
     if not p.exists():
         raise FileNotFoundError(f"PanoHead source not found: {str(p)!r}")
     if p.suffix == ".safetensors":
         cfg_path = p.with_name("config.json")
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{str(p)!r} needs a config.json beside it with 'init_kwargs'")
-        cfg = json.loads(cfg_path.read_text())
-        if "init_kwargs" not in cfg:
-            raise ValueError(f"{str(cfg_path)!r} has no 'init_kwargs'")
-        from safetensors.numpy import load_file
-
-        return (dict(load_file(str(p))), cfg["init_kwargs"],
-                int(cfg.get("neural_rendering_resolution", 64)))
+        cfg = params_io.read_json(cfg_path)
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("init_kwargs"), dict):
+            raise DataError(f"{str(cfg_path)!r} has no 'init_kwargs'")
+        with params_io.data_errors(str(cfg_path)):
+            res = int(cfg.get("neural_rendering_resolution", 64))
+        return params_io.read_safetensors(p), cfg["init_kwargs"], res
     with open(p, "rb") as f:
         data = safe_load(f)
     if not isinstance(data, dict) or "G_ema" not in data:
-        keys = list(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{str(p)!r} is not a network pickle with 'G_ema' (found {keys})")
+        keys = list(data)[:10] if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{str(p)!r} is not a network pickle with 'G_ema' (found {keys})")
     g = data["G_ema"]
-    res = int(g.state.get("neural_rendering_resolution", 64) or 64)
-    return module_state_dict(g), init_kwargs(g), res
+    if not isinstance(g, Stub):
+        raise DataError(f"{str(p)!r}: 'G_ema' is a {type(g).__name__}, not a network record")
+    with params_io.data_errors(f"{p}: G_ema"):
+        res = int(g.state.get("neural_rendering_resolution", 64) or 64)
+        return module_state_dict(g), init_kwargs(g), res
 
 
 def torch_to_flax(state_dict: dict[str, np.ndarray], config: PanoHeadConfig) -> dict[str, Any]:
@@ -74,7 +83,7 @@ def torch_to_flax(state_dict: dict[str, np.ndarray], config: PanoHeadConfig) -> 
         v = np.asarray(v, np.float32)
         if _IGNORED.search(key):
             if key.endswith("resample_filter") and not np.allclose(v, canonical, atol=1e-7):
-                raise ValueError(f"{key}: only the [1, 3, 3, 1] resampling filter is supported")
+                raise DataError(f"{key}: only the [1, 3, 3, 1] resampling filter is supported")
             continue
         path = re.sub(r"\.net\.(\d+)\.", r".net_\1.", key).replace(".", "/")
         if v.ndim == 4:
@@ -92,36 +101,31 @@ def torch_to_flax(state_dict: dict[str, np.ndarray], config: PanoHeadConfig) -> 
         msg = str(e)
         for path, key in names.items():
             msg = msg.replace(f"params/{path}", key).replace(f"buffers/{path}", key)
-        raise ValueError(msg) from None
+        raise DataError(msg) from None
     return tree
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Convert SRC (pickle or safetensors + config.json) into DST; returns DST."""
     sd, kwargs, res = read_source(src)
-    config = PanoHeadConfig.from_official(kwargs, neural_rendering_resolution=res)
+    with params_io.data_errors(f"{os.fspath(src)}: init_kwargs"):
+        config = PanoHeadConfig.from_official(kwargs, neural_rendering_resolution=res)
     tree = torch_to_flax(sd, config)
     save_panohead(dst, PanoHead(config), tree,
                   extra={"source": os.path.basename(os.fspath(src)), "init_kwargs": kwargs})
     return Path(dst)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert_weights.panohead",
-                                 description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m convert_weights.panohead",
+                        description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="official .pkl, or .safetensors with config.json beside it")
     ap.add_argument("dst", help="output directory")
     args = ap.parse_args(argv)
-    try:
-        out = convert(args.src, args.dst)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    n = sum(int(np.prod(v.shape)) for v in params_io.load_params(out)[0].get(
-        "params", {}).values() if hasattr(v, "shape"))
-    print(f"wrote {out} ({n} top-level values)" if n else f"wrote {out}")
+    out = convert(args.src, args.dst)
+    print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

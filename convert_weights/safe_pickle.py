@@ -6,21 +6,30 @@ imported or executed: persistent objects, ``torch.nn`` containers and the traini
 classes become inert :class:`Stub` records of their pickled state, and tensors are rebuilt
 from their raw bytes into numpy arrays (no torch needed). Any other global the pickle asks for
 (``os.system``, ``builtins.eval``, ...) is refused with :class:`UnsafePickleError`.
+
+Every size in the file is untrusted: tensor views are checked to lie inside their storage
+(non-negative offset / sizes / strides, extent computed with Python ints), storages to hold the
+bytes they declare, numpy records to use plain numeric dtypes, and any malformed record is
+refused with one error naming the problem (never a crash or an out-of-bounds read).
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from jaxhead.errors import DataError
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global outside the allowlist."""
+
+class UnsafePickleError(DataError, pickle.UnpicklingError):
+    """The pickle is refused: it references a global outside the allowlist, or one of its
+    records (tensor view, storage, numpy array) is malformed or out of bounds (exit code 1)."""
 
 
 class Stub:
@@ -91,82 +100,183 @@ _STORAGE_DTYPES = {
 }
 _TORCH_DTYPES = {"float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8",
                  "uint8", "bool", "float", "double", "half", "long", "int"}
+# numpy dtypes a numpy record may use, as ``np.dtype.__reduce__`` spells them (no object,
+# structured, void or string dtypes).
+_NUMPY_DTYPES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4",
+                           "f8", "c8", "c16"})
+_MAX_INDEX = 1 << 62  # bound on every size / stride / offset / element count read from a file
+_MAX_NDIM = 32
+_MAX_EXPAND_BYTES = 1 << 30  # a zero-stride view may repeat its storage up to this many bytes
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization's legacy-format magic number
+_LEGACY_PROTOCOL = 1001
+
+
+def _short(x: Any, n: int = 80) -> str:
+    r = x if isinstance(x, str) else repr(x)
+    return r if len(r) <= n else r[: n - 3] + "..."
 
 
 class _StorageType:
     def __init__(self, name: str) -> None:
         self.name = name
         self.dtype = _STORAGE_DTYPES[name]
+        self.itemsize = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
 
 
 def _storage_bytes_to_array(raw: bytes, dtype: Any) -> np.ndarray:
+    """Raw little-endian storage bytes (a multiple of the itemsize) -> 1-D array; bfloat16 is
+    widened to float32 and bool bytes are normalised to 0/1."""
     if dtype == "bfloat16":
         u = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
         return u.view(np.float32)
+    if dtype is np.bool_:
+        return np.frombuffer(raw, np.uint8) != 0
     return np.frombuffer(raw, dtype).copy()
 
 
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple,
-                    *unused: Any) -> np.ndarray:
-    if not isinstance(storage, np.ndarray):
-        raise UnsafePickleError("tensor storage is not raw data")
-    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-    if not size:
-        return storage[offset].copy()
-    need = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) + 1
-    if min(size) > 0 and need > storage.size:
-        raise UnsafePickleError("tensor view exceeds its storage")
-    view = np.lib.stride_tricks.as_strided(storage[offset:], size,
-                                           tuple(st * storage.itemsize for st in stride))
+def _tensor_view(storage: Any, offset: Any, size: Any, stride: Any) -> np.ndarray:
+    """Copy of the strided view ``storage[offset + sum(i_k * stride_k)]`` of shape ``size``
+    (offset / strides in elements), after checking that every element it reads lies inside
+    ``storage``. Raises :class:`UnsafePickleError` naming the problem otherwise."""
+    if (not isinstance(storage, np.ndarray) or storage.ndim != 1
+            or not storage.flags.c_contiguous or storage.dtype.kind not in "biufc"):
+        raise UnsafePickleError("tensor record refused: its storage is not raw tensor data")
+    n = storage.size
+    where = (f"(offset {_short(offset)}, size {_short(size)}, stride {_short(stride)}, "
+             f"storage of {n} elements)")
+
+    def bad(why: str) -> UnsafePickleError:
+        return UnsafePickleError(f"tensor record refused: {why} {where}")
+
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise bad("size and stride must be tuples")
+    if len(size) != len(stride):
+        raise bad("size and stride differ in length")
+    if len(size) > _MAX_NDIM:
+        raise bad(f"more than {_MAX_NDIM} dimensions")
+    for what, values in (("offset", (offset,)), ("size", size), ("stride", stride)):
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise bad(f"{what} is not an integer")
+            if v < 0:
+                raise bad(f"negative {what}")
+            if v >= _MAX_INDEX:
+                raise bad(f"{what} out of range")
+    offset = int(offset)
+    size = tuple(int(v) for v in size)
+    stride = tuple(int(v) for v in stride)
+    if offset > n:
+        raise bad("offset past the end of the storage")
+    numel = math.prod(size)  # Python ints: exact, cannot overflow
+    if numel == 0:
+        return np.zeros(size, storage.dtype)
+    end = offset + sum((k - 1) * st for k, st in zip(size, stride, strict=True)) + 1
+    if end > n:
+        raise bad(f"view reads up to element {end - 1}, past the end of the storage")
+    if numel > n and numel * storage.itemsize > _MAX_EXPAND_BYTES:
+        raise bad(f"view repeats its storage into {numel} elements")
+    byte_strides = tuple(st * storage.itemsize if k > 1 else 0
+                         for k, st in zip(size, stride, strict=True))
+    view = np.lib.stride_tricks.as_strided(storage[offset:end], size, byte_strides,
+                                           writeable=False)
     return np.array(view)
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any,
+                    *unused: Any) -> np.ndarray:
+    """``torch._utils._rebuild_tensor(_v2)``: the checked view of a storage as an ndarray."""
+    return _tensor_view(storage, offset, size, stride)
 
 
 def _rebuild_parameter(data: np.ndarray, *unused: Any) -> np.ndarray:
     return data
 
 
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Plain data only (ints, strings, lists, dicts): the header records of a storage stream."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnsafePickleError(f"storage record header references {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError("storage record header holds a persistent id")
+
+
 class _LegacyStorageUnpickler(pickle.Unpickler):
     """Reads the main record of a legacy (non-zip) ``torch.save`` of a storage."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        super().__init__(f)
+        self.refs: list[dict[str, Any]] = []
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
+        if module == "torch" and name.endswith("Storage"):
+            raise UnsafePickleError(f"unknown tensor dtype: storage type torch.{name} is not "
+                                    f"supported ({', '.join(_STORAGE_DTYPES)})")
         raise UnsafePickleError(f"storage record references {module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise UnsafePickleError(f"unexpected persistent id {pid!r}")
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise UnsafePickleError(f"unexpected persistent id {_short(pid)}")
         _, stype, key, _location, numel = pid[:5]
         if not isinstance(stype, _StorageType):
             raise UnsafePickleError("bad storage type in persistent id")
-        ref = {"key": str(key), "dtype": stype.dtype, "numel": int(numel), "array": None}
+        if isinstance(numel, bool) or not isinstance(numel, int) or not 0 <= numel < _MAX_INDEX:
+            raise UnsafePickleError(f"storage declares an invalid element count {_short(numel)}")
+        ref = {"key": str(key), "dtype": stype.dtype, "itemsize": stype.itemsize,
+               "numel": numel, "array": None}
         self.refs.append(ref)
         return ref
 
 
-def _load_storage_from_bytes(b: bytes) -> np.ndarray:
+def _load_storage_from_bytes(b: Any) -> np.ndarray:
     """``torch.storage._load_from_bytes``: a legacy ``torch.save`` stream of one storage."""
+    if not isinstance(b, (bytes, bytearray)):
+        raise UnsafePickleError("storage record is not a byte string")
     if b[:2] == b"PK":
         raise UnsafePickleError("zip-format storage records are not supported; re-save the "
                                 "checkpoint with torch.save or convert it to .safetensors")
     f = io.BytesIO(b)
-    restricted = _RestrictedUnpickler
-    for _ in range(3):  # magic number, protocol version, sys info: plain data
-        restricted(f).load()
-    u = _LegacyStorageUnpickler(f)
-    u.refs = []
-    obj = u.load()
-    keys = restricted(f).load()
+    try:
+        if _PlainDataUnpickler(f).load() != _LEGACY_MAGIC:
+            raise UnsafePickleError("storage record lacks torch's legacy magic number")
+        if _PlainDataUnpickler(f).load() != _LEGACY_PROTOCOL:
+            raise UnsafePickleError("storage record has an unsupported protocol version")
+        info = _PlainDataUnpickler(f).load()
+        if isinstance(info, dict) and info.get("little_endian") is False:
+            raise UnsafePickleError("big-endian storage records are not supported")
+        u = _LegacyStorageUnpickler(f)
+        obj = u.load()
+        keys = _PlainDataUnpickler(f).load()
+    except (EOFError, pickle.UnpicklingError) as e:
+        if isinstance(e, UnsafePickleError):
+            raise
+        why = _short(str(e) or type(e).__name__)
+        raise UnsafePickleError(f"malformed storage record ({why})") from e
+    if not isinstance(keys, list):
+        raise UnsafePickleError("storage record has no key list")
     by_key = {r["key"]: r for r in u.refs}
     for key in keys:
-        r = by_key[str(key)]
-        (numel,) = struct.unpack("<q", f.read(8))
-        itemsize = 2 if r["dtype"] == "bfloat16" else np.dtype(r["dtype"]).itemsize
-        raw = f.read(numel * itemsize)
-        if len(raw) != numel * itemsize:
-            raise pickle.UnpicklingError("truncated storage data")
-        r["array"] = _storage_bytes_to_array(raw, r["dtype"])
-    if not isinstance(obj, dict) or obj.get("array") is None:
+        r = by_key.get(str(key))
+        if r is None or r["array"] is not None:
+            raise UnsafePickleError(
+                f"storage record lists an unknown or repeated key {_short(key)}")
+        head = f.read(8)
+        if len(head) != 8:
+            raise UnsafePickleError("truncated storage data")
+        (numel,) = struct.unpack("<q", head)
+        if numel != r["numel"]:
+            raise UnsafePickleError(
+                f"storage declares {r['numel']} elements but its data says {numel}")
+        nbytes = numel * r["itemsize"]
+        left = len(b) - f.tell()
+        if nbytes > left:
+            raise UnsafePickleError(f"storage declares {numel} elements ({nbytes} bytes) but "
+                                    f"only {left} bytes follow (truncated)")
+        r["array"] = _storage_bytes_to_array(f.read(nbytes), r["dtype"])
+    if not any(obj is r for r in u.refs) or obj["array"] is None:
         raise UnsafePickleError("storage record holds no data")
     return obj["array"]
 
@@ -175,7 +285,7 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
     if not isinstance(meta, dict):
         raise UnsafePickleError("persistent object metadata is not a dict")
     if meta.get("type") != "class":
-        raise UnsafePickleError(f"unsupported persistent object type {meta.get('type')!r}")
+        raise UnsafePickleError(f"unsupported persistent object type {_short(meta.get('type'))}")
     return PersistentObject(meta)
 
 
@@ -186,14 +296,86 @@ def _safe_reconstructor(cls: Any, base: Any, state: Any = None) -> Any:
     return cls.__new__(cls)
 
 
-def _numpy_scalar(dtype: Any, data: bytes | None = None) -> Any:
-    return np.frombuffer(data, dtype=dtype)[0] if data is not None else dtype.type()
+class _NumpyDType:
+    """``numpy.dtype(spec, align, copy)`` from a pickle, limited to plain numeric types; the
+    byte order arrives through ``__setstate__``. ``.dtype`` is the real numpy dtype."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = False) -> None:
+        if not isinstance(spec, str) or spec not in _NUMPY_DTYPES:
+            raise UnsafePickleError(f"numpy dtype {_short(spec)} is not a plain numeric type")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in "<>|="
+                and all(x is None for x in state[2:5])):
+            raise UnsafePickleError("malformed or structured numpy dtype record")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _NdarrayRef:
+    """``numpy.ndarray`` as a pickle names it: only a marker for ``_reconstruct``. Calling it
+    would allocate (or view) memory of a size the file chooses, so that is refused."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickleError("the pickle calls numpy.ndarray(...) directly")
+
+
+_NDARRAY = _NdarrayRef()
+
+
+class _PickledArray(np.ndarray):
+    """A numpy array record; its state is checked before numpy's ``__setstate__`` sees it."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not (isinstance(state, tuple) and len(state) == 5 and state[0] == 1):
+            raise UnsafePickleError("malformed numpy array record")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _NumpyDType):
+            raise UnsafePickleError("numpy array record without a plain numeric dtype")
+        if (not isinstance(shape, tuple) or len(shape) > _MAX_NDIM or any(
+                isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _MAX_INDEX
+                for v in shape)):
+            raise UnsafePickleError(f"numpy array record has an invalid shape {_short(shape)}")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise UnsafePickleError("numpy array record data is not raw bytes")
+        need = math.prod(shape) * dtype.dtype.itemsize
+        if len(raw) != need:
+            raise UnsafePickleError(f"numpy array record of shape {shape} {dtype.dtype} needs "
+                                    f"{need} bytes, the file has {len(raw)}")
+        super().__setstate__((1, shape, dtype.dtype, bool(fortran), bytes(raw)))
+
+
+def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
+    if not isinstance(dtype, _NumpyDType):
+        raise UnsafePickleError("numpy scalar record without a plain numeric dtype")
+    if data is None:
+        return dtype.dtype.type()
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dtype.dtype.itemsize:
+        raise UnsafePickleError(f"numpy scalar record of type {dtype.dtype} has malformed data")
+    return np.frombuffer(bytes(data), dtype=dtype.dtype)[0]
 
 
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    if subtype is not np.ndarray:
+    """``numpy.core.multiarray._reconstruct``: an empty array whose contents the following
+    (checked) ``__setstate__`` fills in."""
+    if subtype is not _NDARRAY:
         raise UnsafePickleError("ndarray subclass in pickle")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    return np.ndarray.__new__(_PickledArray, (0,), np.uint8)
+
+
+def _encode(s: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode`` as pickles use it: text -> bytes in a plain text encoding."""
+    if not isinstance(s, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise UnsafePickleError("_codecs.encode is only accepted on text with a plain encoding")
+    return s.encode(encoding)
+
+
+def _bytearray(*args: Any) -> bytearray:
+    """``bytearray`` from data; ``bytearray(n)`` (an allocation the file sizes) is refused."""
+    if args and isinstance(args[0], (int, np.integer)):
+        raise UnsafePickleError("bytearray(<size>) in pickle")
+    return bytearray(*args)
 
 
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -202,10 +384,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "slice"): slice,
     ("builtins", "complex"): complex,
-    ("builtins", "bytearray"): bytearray,
+    ("builtins", "bytearray"): _bytearray,
     ("builtins", "object"): object,
     ("copyreg", "_reconstructor"): _safe_reconstructor,
-    ("_codecs", "encode"): lambda s, enc="latin1": s.encode(enc),
+    ("_codecs", "encode"): _encode,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -214,8 +396,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch", "Size"): tuple,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("dnnlib.util", "EasyDict"): EasyDict,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _NumpyDType,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
@@ -223,8 +405,13 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
+# Python 2 module names that protocol 0-2 pickles use for builtins.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        module = _PY2_MODULES.get(module, module)
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and name in _TORCH_DTYPES:
@@ -237,46 +424,87 @@ class _RestrictedUnpickler(pickle.Unpickler):
             "persistent network records are accepted.")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"unexpected persistent id in pickle: {pid!r}")
+        raise UnsafePickleError(f"unexpected persistent id in pickle: {_short(pid)}")
 
 
-def safe_load(f: BinaryIO) -> Any:
-    """Unpickle ``f`` with the restricted allowlist (see module docstring)."""
-    return _RestrictedUnpickler(f).load()
+def safe_load(f: BinaryIO, name: str | None = None) -> Any:
+    """Unpickle ``f`` with the restricted allowlist (see module docstring).
+
+    Every failure caused by the file's content is an :class:`UnsafePickleError` (or, for an
+    empty / truncated file, a :class:`~jaxhead.errors.DataError`) whose message starts with
+    ``name`` (default: ``f.name``); only OS errors pass through unchanged.
+    """
+    where = name if name is not None else getattr(f, "name", None)
+    pre = f"{str(where)!r}: " if where else ""
+    try:
+        return _RestrictedUnpickler(f).load()
+    except OSError:
+        raise
+    except UnsafePickleError as e:
+        raise UnsafePickleError(pre + str(e)) from e
+    except EOFError as e:
+        raise DataError(f"{pre}the pickle is empty or truncated") from e
+    except MemoryError as e:
+        raise UnsafePickleError(f"{pre}a record declares an object too large for memory "
+                                "(corrupt or hostile file)") from e
+    except Exception as e:  # anything else raised while decoding untrusted bytes
+        msg = _short(str(e) or type(e).__name__, 200)
+        raise UnsafePickleError(f"{pre}malformed pickle ({type(e).__name__}: {msg})") from e
 
 
-def module_state_dict(obj: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """PyTorch-style ``state_dict()`` of a stubbed module: parameters and persistent buffers."""
+def _table(x: Any, what: str) -> dict[str, Any]:
+    if x is None:
+        return {}
+    if not isinstance(x, dict):
+        raise DataError(f"{what} is a {type(x).__name__}, not a dict (not a torch module record)")
+    return x
+
+
+def module_state_dict(obj: Any, prefix: str = "", _path: tuple[int, ...] = ()
+                      ) -> dict[str, np.ndarray]:
+    """PyTorch-style ``state_dict()`` of a stubbed module: parameters and persistent buffers.
+
+    Raises :class:`~jaxhead.errors.DataError` when the record is not a module, a parameter is
+    not a tensor, or the module tree contains a cycle."""
     if not isinstance(obj, Stub):
-        raise TypeError(f"expected an unpickled module record, got {type(obj).__name__}")
+        raise DataError(f"expected an unpickled module record at {prefix or 'the top level'!r}, "
+                        f"got {type(obj).__name__}")
+    if id(obj) in _path:
+        raise DataError(f"the module tree contains a cycle at {prefix!r}")
     st = obj.state
     out: dict[str, np.ndarray] = {}
     non_persistent = set(st.get("_non_persistent_buffers_set", ()) or ())
-    for name, v in (st.get("_parameters") or {}).items():
-        if v is not None:
-            out[prefix + name] = np.asarray(v)
-    for name, v in (st.get("_buffers") or {}).items():
-        if v is not None and name not in non_persistent:
-            out[prefix + name] = np.asarray(v)
-    for name, child in (st.get("_modules") or {}).items():
+    tensors = [*_table(st.get("_parameters"), f"{prefix}_parameters").items(),
+               *((k, v) for k, v in _table(st.get("_buffers"), f"{prefix}_buffers").items()
+                 if k not in non_persistent)]
+    for name, v in tensors:
+        if v is None:
+            continue
+        if not isinstance(v, np.ndarray):
+            raise DataError(f"{prefix}{name} is a {type(v).__name__}, not a tensor")
+        out[prefix + str(name)] = v
+    for name, child in _table(st.get("_modules"), f"{prefix}_modules").items():
         if child is not None:
-            out.update(module_state_dict(child, prefix + name + "."))
+            out.update(module_state_dict(child, f"{prefix}{name}.", (*_path, id(obj))))
     return out
 
 
 def init_kwargs(obj: Any) -> dict[str, Any]:
-    """Constructor kwargs stored by ``torch_utils.persistence`` (``_init_kwargs``)."""
-    kw = obj.state.get("_init_kwargs")
-    if kw is None:
-        raise ValueError("the network record has no stored constructor kwargs (_init_kwargs)")
+    """Constructor kwargs stored by ``torch_utils.persistence`` (``_init_kwargs``), as plain
+    JSON-like data."""
+    kw = obj.state.get("_init_kwargs") if isinstance(obj, Stub) else None
+    if not isinstance(kw, dict):
+        raise DataError("the network record has no stored constructor kwargs (_init_kwargs)")
     return _plain(kw)
 
 
-def _plain(x: Any) -> Any:
+def _plain(x: Any, depth: int = 0) -> Any:
+    if depth > 64:
+        raise DataError("the stored constructor kwargs are nested too deeply (or cyclic)")
     if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
+        return {str(k): _plain(v, depth + 1) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.generic):
-        return x.item()
+        return [_plain(v, depth + 1) for v in x]
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist() if isinstance(x, np.ndarray) else x.item()
     return x

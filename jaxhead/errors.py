@@ -8,8 +8,11 @@ stderr; any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 USAGE_EXIT = 2
 DATA_EXIT = 1
@@ -63,19 +66,50 @@ def _expected_data_errors() -> tuple[type[BaseException], ...]:
     return tuple(out)
 
 
+_TORCH_REFUSAL = "Weights only load failed"
+# the sentence of torch's refusal that names what was refused
+_TORCH_REASON = re.compile(r"(Unsupported[^\n]*|Trying to load unsupported[^\n]*|[^\n]*"
+                           r"not an allowed global[^\n]*)")
+# advice that would disable the check (load with weights_only=False / allowlist the global)
+_ADVICE = ("Please use `torch.serialization", "In PyTorch 2.6", "If you trust the source",
+           "weights_only=False", "Check the documentation")
+
+
+def _torch_refusal(msg: str) -> str:
+    """torch's ``weights_only`` refusal -> what it refused, without its advice to turn the
+    check off (that would execute code from the file)."""
+    m = _TORCH_REASON.search(msg[msg.find(_TORCH_REFUSAL):])
+    reason = m.group(1).strip() if m else ""
+    for a in _ADVICE:
+        if a in reason:
+            reason = reason[: reason.find(a)].rstrip()
+    reason = reason or "the file asks for code outside the tensor allowlist"
+    return f"refused by torch's weights-only loader: {reason.rstrip('. ')} (not loaded)"
+
+
 def one_line(e: BaseException) -> str:
     """``error: <message>`` with the exception's own text (multi-line lists kept as they are),
     never a traceback, and never advice to disable a safety check."""
     msg = str(e).strip() or type(e).__name__
     if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
         msg = f"{msg}: {e.filename}"
-    # torch's weights_only refusal suggests weights_only=False: that would execute the file
+    if _TORCH_REFUSAL in msg:
+        return f"error: {msg[: msg.find(_TORCH_REFUSAL)]}{_torch_refusal(msg)}"
+    # any other text suggesting weights_only=False: that would execute the file
     cut = [i for i in (msg.find("In PyTorch 2.6"), msg.find("If you trust the source"),
                        msg.find("weights_only=False")) if i > 0]
     if cut:
         msg = msg[: min(cut)].rstrip() + " (the file asks for code outside the tensor allowlist;"\
             " refused)"
     return f"error: {msg}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose flag errors raise :class:`UsageError` (one line and
+    exit code 2 through :func:`run_cli`) instead of printing the usage block and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None],

@@ -64,31 +64,31 @@ class Generator3D(Protocol):
         ...
 
 
-# config.json "format" -> loader(directory) -> (generator, params)
-LOADERS: dict[str, Callable[[str | os.PathLike], tuple[Generator3D, Params]]] = {}
+# config.json "format" -> loader(directory, verify=...) -> (generator, params)
+LOADERS: dict[str, Callable[..., tuple[Generator3D, Params]]] = {}
 
 
-def register_generator(fmt: str, loader: Callable[[str | os.PathLike],
-                                                  tuple[Generator3D, Params]]) -> None:
-    """Make :func:`load_generator` read directories whose ``config.json`` has ``format``."""
+def register_generator(fmt: str, loader: Callable[..., tuple[Generator3D, Params]]) -> None:
+    """Make :func:`load_generator` read directories whose ``config.json`` has ``format``;
+    ``loader(directory, verify=bool)`` (``verify``: check the stored content hash)."""
     LOADERS[fmt] = loader
 
 
-def load_generator(directory: str | os.PathLike) -> tuple[Generator3D, Params]:
-    """Load a saved generator of any registered format (PanoHead by default)."""
-    from jaxhead.errors import DataError, MissingWeightsError
-    from jaxhead.models import panohead  # noqa: F401  (registers its format)
+def load_generator(directory: str | os.PathLike, *,
+                   verify: bool = True) -> tuple[Generator3D, Params]:
+    """Load a saved generator of any registered format (PanoHead by default); ``verify``
+    checks its content hash and finiteness (:func:`jaxhead.utils.params_io.load_params`)."""
+    from jaxhead.errors import DataError
+    from jaxhead.models import panohead  # registers its format; the default loader
 
     cfg_path = Path(directory) / "config.json"
-    if not cfg_path.is_file():
-        raise MissingWeightsError(
-            f"generator directory {os.fspath(directory)!r} has no config.json (expected a "
-            f"converted or exported generator). Create it with: {panohead.CONVERT_HINT}")
+    if not cfg_path.is_file():  # PanoHead's loader names what is missing and how to make it
+        return panohead.load_panohead(directory, verify=verify)
     try:
         fmt = json.loads(cfg_path.read_text()).get("format")
-    except (json.JSONDecodeError, AttributeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise DataError(f"{os.fspath(cfg_path)!r} is not a JSON object: {e}") from None
     if fmt not in LOADERS:
         raise DataError(f"{os.fspath(cfg_path)!r}: unknown generator format {fmt!r} "
                         f"(known: {sorted(LOADERS)})")
-    return LOADERS[fmt](directory)
+    return LOADERS[fmt](directory, verify=verify)

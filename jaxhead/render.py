@@ -1,4 +1,4 @@
-"""Render 360-degree turntables, contact sheets and depth strips of a PanoHead generator.
+"""Render 360-degree turntables, contact sheets and depth strips of a 3D generator (PanoHead).
 
     python -m jaxhead.render --generator DST --seeds 0,1,2 --out OUT
 
@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -21,7 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxhead.camera import make_camera
-from jaxhead.models.panohead import PanoHead, load_panohead
+from jaxhead.errors import ArgumentParser, DataError, run_cli
+from jaxhead.generators import Generator3D, load_generator
 
 SHEET_VIEWS = 8
 
@@ -50,26 +52,26 @@ def depth_to_uint8(depth: np.ndarray, acc: np.ndarray, size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def make_renderer(G: PanoHead, *, noise_mode: str, background: str):
+def make_renderer(G: Generator3D, *, noise_mode: str, background: str):
     """jitted ``(params, planes [B, ...], ws [B, ...], c [B, 25]) -> (image, depth, acc)``."""
 
     @jax.jit
     def render(params, planes, ws, c):
-        out = G.synthesis(params, ws, c, planes=planes, noise_mode=noise_mode,
+        out = G.render(params, ws, c, planes, noise_mode=noise_mode,
                           deterministic=True, background=background)
         return out["image"], out["image_depth"], out["image_acc"]
 
     return render
 
 
-def render_seed(G: PanoHead, params, seed: int, *, frames: int, batch: int, psi: float,
+def render_seed(G: Generator3D, params, seed: int, *, frames: int, batch: int, psi: float,
                 cutoff: int, pitch: float, noise_mode: str, background: str, render,
                 bar: tqdm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (turntable frames uint8 [F, 512, 512, 3], depth [F, r, r, 1], acc [F, r, r, 1])."""
-    z = jnp.asarray(seed_to_z(seed, G.config.z_dim))
-    c_cond = make_camera(jnp.zeros(1), jnp.zeros(1), radius=G.config.avg_camera_radius)
+    z = jnp.asarray(seed_to_z(seed, G.z_dim))
+    c_cond = make_camera(jnp.zeros(1), jnp.zeros(1), radius=G.camera_radius)
     ws = G.mapping(params, z, c_cond, truncation_psi=psi, truncation_cutoff=cutoff)
-    planes = G.planes(params, ws, noise_mode=noise_mode)
+    planes = G.representation(params, ws, noise_mode=noise_mode)
     yaws = np.arange(frames, dtype=np.float32) * (2 * math.pi / frames)
     imgs, depths, accs = [], [], []
     for s in range(0, frames, batch):
@@ -77,7 +79,7 @@ def render_seed(G: PanoHead, params, seed: int, *, frames: int, batch: int, psi:
         nb = len(yb)
         yb = np.pad(yb, (0, batch - nb), mode="edge")  # fixed batch: one compilation
         c = make_camera(jnp.asarray(yb), jnp.full((batch,), pitch),
-                        radius=G.config.avg_camera_radius)
+                        radius=G.camera_radius)
         img, dep, acc = render(params, jnp.repeat(planes, batch, 0), jnp.repeat(ws, batch, 0), c)
         imgs.append(to_uint8(np.asarray(img)[:nb]))
         depths.append(np.asarray(dep)[:nb])
@@ -86,28 +88,51 @@ def render_seed(G: PanoHead, params, seed: int, *, frames: int, batch: int, psi:
     return np.concatenate(imgs), np.concatenate(depths), np.concatenate(accs)
 
 
+def _imwrite(path: Path, data: np.ndarray, **kwargs) -> Path:
+    """``imageio.v3.imwrite`` through a temporary file and a rename: a failed write (disk
+    full, ...) keeps an earlier file of that name and removes the temporary one."""
+    import imageio.v3 as iio
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # ffmpeg picks the format by suffix
+    try:
+        iio.imwrite(tmp, data, extension=path.suffix, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_outputs(out_dir: Path, seed: int, frames: np.ndarray, depth: np.ndarray,
                   acc: np.ndarray, fmt: str, fps: int) -> list[Path]:
     """Turntable (gif/mp4), 8-yaw sheet and depth strip for one seed."""
-    import imageio.v3 as iio
-
-    stem = out_dir / f"seed{seed:04d}"
+    stem = f"seed{seed:04d}"
     paths = []
     if fmt == "gif":
-        p = Path(f"{stem}_turntable.gif")
-        iio.imwrite(p, frames, duration=1000 / fps, loop=0)
+        paths.append(_imwrite(out_dir / f"{stem}_turntable.gif", frames, duration=1000 / fps,
+                              loop=0))
     else:
-        p = Path(f"{stem}_turntable.mp4")
-        iio.imwrite(p, frames, fps=fps, codec="libx264", plugin="pyav" if _has_pyav() else None)
-    paths.append(p)
+        paths.append(_imwrite(out_dir / f"{stem}_turntable.mp4", frames, fps=fps,
+                              codec="libx264", plugin="pyav" if _has_pyav() else None))
     idx = np.arange(SHEET_VIEWS) * (len(frames) // SHEET_VIEWS)
-    sheet = np.concatenate(list(frames[idx]), axis=1)
-    iio.imwrite(f"{stem}_sheet.png", sheet)
-    size = frames.shape[1] // 2
-    dimg = depth_to_uint8(depth[idx], acc[idx], size)
-    iio.imwrite(f"{stem}_depth.png", np.concatenate(list(dimg), axis=1))
-    paths += [Path(f"{stem}_sheet.png"), Path(f"{stem}_depth.png")]
+    paths.append(_imwrite(out_dir / f"{stem}_sheet.png",
+                          np.concatenate(list(frames[idx]), axis=1)))
+    dimg = depth_to_uint8(depth[idx], acc[idx], frames.shape[1] // 2)
+    paths.append(_imwrite(out_dir / f"{stem}_depth.png", np.concatenate(list(dimg), axis=1)))
     return paths
+
+
+def check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and write (then delete) a probe file in it, so an unwritable output
+    directory is reported before any rendering time is spent (``DataError`` naming it)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test-") as f:
+            f.write(b"x")
+            f.flush()
+    except OSError as e:
+        raise DataError(f"output directory {str(out_dir)!r} is not writable: "
+                        f"{e.strerror or e}") from e
 
 
 def _has_pyav() -> bool:
@@ -136,7 +161,7 @@ def parse_seeds(s: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m jaxhead.render", description=__doc__)
+    ap = ArgumentParser(prog="python -m jaxhead.render", description=__doc__)
     ap.add_argument("--generator", help="converted generator directory (default: built-in "
                     "random-weight demo generator)")
     ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0,1,2"),
@@ -151,18 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--background", default="white", choices=["network", "none", "white"])
     ap.add_argument("--format", default="gif", choices=["gif", "mp4"])
     ap.add_argument("--fps", type=int, default=12)
+    ap.add_argument("--no-verify", action="store_true",
+                    help="skip the generator's content-hash and NaN/inf check on loading")
     args = ap.parse_args(argv)
     if args.frames < SHEET_VIEWS or args.frames % SHEET_VIEWS:
         ap.error(f"--frames must be a positive multiple of {SHEET_VIEWS}")
     if args.batch < 1:
         ap.error("--batch must be >= 1")
 
+    if args.fps < 1:
+        ap.error("--fps must be >= 1")
+
     if args.generator:
-        try:
-            G, params = load_panohead(args.generator)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        G, params = load_generator(args.generator, verify=not args.no_verify)
         name = os.fspath(args.generator)
     else:
         from jaxhead.models.panohead.demo import demo_generator
@@ -170,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         G, params = demo_generator(0)
         name = "built-in demo generator (random weights)"
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir)
     print(f"rendering {len(args.seeds)} seed(s) x {args.frames} views with {name} "
           f"on {jax.default_backend()}")
     render = make_renderer(G, noise_mode=args.noise_mode, background=args.background)
@@ -189,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

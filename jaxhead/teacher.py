@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxhead.errors import DataError
 from jaxhead.models import controlnet as controlnet_lib
 from jaxhead.models import unet as unet_lib
 from jaxhead.models.controlnet import ControlNetModel
@@ -149,20 +150,24 @@ class Teacher:
 
 def load_teacher(root: str | os.PathLike, *,
                  controlnets: Sequence[str] | Mapping[str, str | os.PathLike] = (),
-                 dtype: Any = jnp.float32, attention_impl: str = "auto"
+                 dtype: Any = jnp.float32, attention_impl: str = "auto", verify: bool = True
                  ) -> tuple[Teacher, dict[str, Any]]:
     """Teacher from a converted folder: ``root/unet`` and ``root/controlnet_<name>`` (names), or
     ``{name: path}``. ``dtype`` bfloat16 casts the frozen params and runs activations in bf16
-    (outputs stay float32)."""
+    (outputs stay float32). ``verify``: check each file's content hash and finiteness. Missing
+    or bad files raise ``MissingWeightsError`` / ``DataError`` naming them."""
     root = Path(root)
     if not isinstance(controlnets, Mapping):
         controlnets = {n: root / f"controlnet_{n}" for n in controlnets}
-    unet, unet_params = unet_lib.load(root / "unet", dtype=dtype, attention_impl=attention_impl)
+    unet, unet_params = unet_lib.load(root / "unet", dtype=dtype, attention_impl=attention_impl,
+                                      verify=verify)
     mods, cn_params = [], {}
     for name, path in controlnets.items():
-        m, p = controlnet_lib.load(path, dtype=dtype, attention_impl=attention_impl)
+        m, p = controlnet_lib.load(path, dtype=dtype, attention_impl=attention_impl,
+                                   verify=verify)
         if m.config.block_out_channels != unet.config.block_out_channels:
-            raise ValueError(f"ControlNet {name!r} does not match the UNet's block_out_channels")
+            raise DataError(f"ControlNet {name!r} ({os.fspath(path)}) does not match the UNet's "
+                            "block_out_channels")
         mods.append((name, m))
         cn_params[name] = p
     return Teacher(unet, tuple(mods)), {"unet": unet_params, "controlnets": cn_params}

@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler
 
 from convert_weights import diffusers as conv
 from jaxhead.diffusion import NoiseSchedule
+from jaxhead.errors import run_cli
 from jaxhead.models import clip_text, controlnet, unet, vae
 from jaxhead.teacher import load_teacher
 
@@ -106,7 +107,7 @@ def test_convert_component_folders_and_separate_vae(tmp_path):
     single component folders (fp16 variant weights)."""
     src = tmp_path / "rv"
     _write_pipeline(src, with_vae=False)
-    rc = conv.main([str(src), str(tmp_path / "x")])
+    rc = run_cli(conv.main, [str(src), str(tmp_path / "x")])
     assert rc == 1  # no VAE: error suggesting --vae
     _models()["vae"].save_pretrained(tmp_path / "sd-vae-ft-mse")
     conv.convert(src, tmp_path / "out", vae_path=tmp_path / "sd-vae-ft-mse", log=lambda *_: None)
@@ -265,16 +266,24 @@ def test_conversion_errors_name_the_keys():
 
 
 def test_cli_and_load_errors(tmp_path, capsys):
-    assert conv.main([str(tmp_path / "nope"), str(tmp_path / "o")]) == 1
+    assert run_cli(conv.main, [str(tmp_path / "nope"), str(tmp_path / "o")]) == 1
     assert "source not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps(
         {"_class_name": "UNet2DConditionModel"}))
-    assert conv.main([str(tmp_path / "empty"), str(tmp_path / "o")]) == 1
+    assert run_cli(conv.main, [str(tmp_path / "empty"), str(tmp_path / "o")]) == 1
     assert "no weights in" in capsys.readouterr().err
     (tmp_path / "empty" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
-    assert conv.main([str(tmp_path / "empty"), str(tmp_path / "o")]) == 1
+    assert run_cli(conv.main, [str(tmp_path / "empty"), str(tmp_path / "o")]) == 1
     assert "unsupported network 'UNet2DModel'" in capsys.readouterr().err
+    (tmp_path / "empty" / "config.json").write_text("{not json")
+    assert run_cli(conv.main, [str(tmp_path / "empty"), str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.json: not valid JSON" in err
+    # component flags on a component folder: a usage error (exit 2)
+    (tmp_path / "empty" / "config.json").write_text(json.dumps(
+        {"_class_name": "UNet2DConditionModel"}))
+    assert run_cli(conv.main, [str(tmp_path / "empty"), str(tmp_path / "o"), "--vae", "x"]) == 2
     (tmp_path / "sd2.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="missing params.safetensors, config.json"):
         unet.load(tmp_path / "o")

@@ -1,5 +1,6 @@
 """CLIP text transformer (SD 1.5's ``text_encoder``, CLIP ViT-L/14 text tower) in Flax, and
-transformers' ``CLIPTokenizer`` read from a local ``tokenizer/`` folder.
+transformers' ``CLIPTokenizer`` read from a local ``tokenizer/`` folder. ``CLIPEncoder`` (the
+pre-LayerNorm transformer layers) is shared with the image tower in ``clip_vision.py``.
 
     tok = load_tokenizer("converted/tokenizer")
     clip, params = load("converted/text_encoder")
@@ -21,7 +22,7 @@ import numpy as np
 from jaxhead.models import sd_layers as L
 from jaxhead.models.sd_convert import cast_params, param_shapes, torch_to_flax
 from jaxhead.models.unet import CONVERT_HINT
-from jaxhead.utils.params_io import check_tree, load_params
+from jaxhead.utils.params_io import check_tree, data_errors, load_params
 
 Array = Any
 
@@ -72,7 +73,7 @@ class _Attention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array) -> Array:
+    def __call__(self, x: Array, bias: Array | None) -> Array:
         b, n, d = x.shape
         q, k, v = (L.dense(d, self.dtype, f"{p}_proj")(x).reshape(b, n, self.heads, -1)
                    for p in ("q", "k", "v"))
@@ -81,11 +82,11 @@ class _Attention(nn.Module):
 
 
 class _EncoderLayer(nn.Module):
-    config: CLIPTextConfig
+    config: Any  # CLIPTextConfig or CLIPVisionConfig: the fields the layers read are common
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array) -> Array:
+    def __call__(self, x: Array, bias: Array | None) -> Array:
         cfg, dt = self.config, self.dtype
         h = L.layer_norm(cfg.layer_norm_eps, dt, "layer_norm1")(x)
         x = x + _Attention(cfg.num_attention_heads, dt, name="self_attn")(h, bias)
@@ -95,7 +96,7 @@ class _EncoderLayer(nn.Module):
 
 
 class _MLP(nn.Module):
-    config: CLIPTextConfig
+    config: Any
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -118,12 +119,17 @@ class _Embeddings(nn.Module):
         return tok(input_ids) + pos(jnp.arange(input_ids.shape[-1]))[None]
 
 
-class _Encoder(nn.Module):
-    config: CLIPTextConfig
+class CLIPEncoder(nn.Module):
+    """transformers' ``CLIPEncoder``: ``num_hidden_layers`` pre-LN layers (self-attention, MLP
+    with ``hidden_act``), ``[B, L, D] -> [B, L, D]``. ``bias``: additive attention-logit bias
+    broadcastable to ``[B, heads, L, L]`` (the text tower's causal / padding mask), or None."""
+
+    config: Any  # reads hidden_size, intermediate_size, num_hidden_layers,
+    # num_attention_heads, hidden_act, layer_norm_eps
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array) -> Array:
+    def __call__(self, x: Array, bias: Array | None = None) -> Array:
         for i in range(self.config.num_hidden_layers):
             x = _EncoderLayer(self.config, self.dtype, name=f"layers_{i}")(x, bias)
         return x
@@ -152,7 +158,7 @@ class CLIPTextModel(nn.Module):
             allowed = allowed & attention_mask.astype(bool)[:, None, None, :]
         bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
         x = _Embeddings(cfg, self.dtype, name="embeddings")(input_ids)
-        x = _Encoder(cfg, self.dtype, name="encoder")(x, bias)
+        x = CLIPEncoder(cfg, self.dtype, name="encoder")(x, bias)
         x = L.layer_norm(cfg.layer_norm_eps, self.dtype, "final_layer_norm")(x)
         x = x.astype(jnp.float32)
         if cfg.eos_token_id == 2:  # legacy configs: the EOS token has the largest id
@@ -174,11 +180,15 @@ def convert(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> 
                          what="CLIPTextModel")
 
 
-def load(path: str | os.PathLike, *, dtype: Any = jnp.float32
+def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, verify: bool = True
          ) -> tuple[CLIPTextModel, dict[str, Any]]:
-    """Load a converted text encoder directory -> (module, params as ``dtype`` jax arrays)."""
-    params, config = load_params(path, what="CLIP text encoder", convert_hint=CONVERT_HINT)
-    module = CLIPTextModel(CLIPTextConfig.from_transformers(config), dtype=dtype)
+    """Load a converted text encoder directory -> (module, params as ``dtype`` jax arrays).
+    ``verify``: check the content hash and finiteness (``params_io.load_params``)."""
+    params, config = load_params(path, what="CLIP text encoder", convert_hint=CONVERT_HINT,
+                                 verify=verify)
+    with data_errors(f"{os.fspath(path)}/config.json"):
+        cfg = CLIPTextConfig.from_transformers(config)
+    module = CLIPTextModel(cfg, dtype=dtype)
     check_tree(params, expected_shapes(module),
                what=f"CLIP text encoder parameters in {str(path)!r}")
     return module, cast_params(params, dtype)

@@ -463,19 +463,22 @@ def weights_available(path: str | os.PathLike) -> bool:
     return (Path(path) / PARAMS_FILE).is_file() and (Path(path) / CONFIG_FILE).is_file()
 
 
-def load(path: str | os.PathLike) -> tuple[DepthAnythingV2, Any]:
+def load(path: str | os.PathLike, *, verify: bool = True) -> tuple[DepthAnythingV2, Any]:
     """Load converted Depth Anything V2 weights: ``(module, params)``.
 
-    Raises ``FileNotFoundError`` naming the missing files and the convert command, and
-    ``ValueError`` listing missing / unexpected / mis-shaped parameters.
+    Raises ``MissingWeightsError`` (a ``FileNotFoundError``) naming the missing files and the
+    convert command, and ``DataError`` (a ``ValueError``) for a corrupted file (``verify``:
+    content hash and finiteness) or missing / unexpected / mis-shaped parameters.
     """
-    from jaxhead.utils.params_io import check_tree, load_params
+    from jaxhead.errors import DataError
+    from jaxhead.utils.params_io import check_tree, data_errors, load_params
 
     params, cfg = load_params(path, what="Depth Anything V2",
-                              convert_hint=CONVERT_HINT.format(dst=path))
+                              convert_hint=CONVERT_HINT.format(dst=path), verify=verify)
     if cfg.get("model") != "depth_anything_v2":
-        raise ValueError(f"{str(path)!r} holds a {cfg.get('model')!r} model, "
-                         "not depth_anything_v2")
-    model = DepthAnythingV2(DepthAnythingConfig.from_dict(cfg))
+        raise DataError(f"{str(path)!r} holds a {cfg.get('model')!r} model, "
+                        "not depth_anything_v2")
+    with data_errors(f"{os.fspath(path)}/config.json"):
+        model = DepthAnythingV2(DepthAnythingConfig.from_dict(cfg))
     check_tree(params, model.param_shapes(), what=f"parameters in {str(path)!r}")
     return model, jax.tree.map(jnp.asarray, params)

@@ -113,15 +113,18 @@ def lpips(params: Params, x: Array, y: Array, *, normalize: bool = False) -> Arr
     return jnp.sum(lpips_layers(params, x, y, normalize=normalize), axis=0)
 
 
-def load_lpips(directory: str | os.PathLike) -> Params:
+def load_lpips(directory: str | os.PathLike, *, verify: bool = True) -> Params:
     """Converted LPIPS(alex) params from ``directory`` (``params.safetensors`` +
-    ``config.json``, written by ``python -m convert_weights.lpips``)."""
+    ``config.json``, written by ``python -m convert_weights.lpips``). ``verify``: check the
+    content hash and finiteness (``params_io.load_params``)."""
+    from jaxhead.errors import DataError
     from jaxhead.utils.params_io import check_tree, load_params
 
-    params, config = load_params(directory, what="LPIPS(alex)", convert_hint=CONVERT_HINT)
+    params, config = load_params(directory, what="LPIPS(alex)", convert_hint=CONVERT_HINT,
+                                 verify=verify)
     if config.get("net") != "alex":
-        raise ValueError(f"{directory}: only LPIPS with net='alex' is supported, config says "
-                         f"{config.get('net')!r}")
+        raise DataError(f"{directory}: only LPIPS with net='alex' is supported, config says "
+                        f"{config.get('net')!r}")
     check_tree(params, param_shapes(), what=f"LPIPS params in {directory}")
     return jax.tree.map(jnp.asarray, params)
 

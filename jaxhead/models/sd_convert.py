@@ -8,9 +8,11 @@ One rule set serves every network because the Flax modules mirror the PyTorch at
 3. leaf and layout by what the model expects at that path (``jax.eval_shape`` of ``init``):
    conv ``weight`` OIHW -> ``kernel`` HWIO, linear ``weight`` [out, in] -> ``kernel`` [in, out]
    (a 1x1-conv weight [out, in, 1, 1] is accepted for a linear layer), norm ``weight`` ->
-   ``scale``, embedding ``weight`` -> ``embedding``, ``bias`` unchanged.
+   ``scale``, embedding ``weight`` -> ``embedding``, ``bias`` and any other leaf (a bare
+   ``nn.Parameter``) unchanged.
 
-Missing, unexpected and mis-shaped keys are reported together in one ``ValueError``.
+Missing, unexpected and mis-shaped keys are reported together in one ``DataError`` (a
+``ValueError``: the cause is the user's checkpoint or config).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxhead.errors import DataError
 from jaxhead.utils.params_io import tree_shapes, unflatten
 
 _INDEX = re.compile(r"\.(\d+)(?=\.|$)")
@@ -46,7 +49,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, A
       ignore: regexes of keys to drop silently (non-persistent buffers such as ``position_ids``).
       what: name used in error messages.
     Raises:
-      ValueError naming every missing, unexpected and mis-shaped key.
+      DataError (a ValueError) naming every missing, unexpected and mis-shaped key.
     """
     renames = [(re.compile(p), r) for p, r in renames]
     ignore = [re.compile(p) for p in ignore]
@@ -66,8 +69,8 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, A
         elif leaf == "weight":
             path = next((f"{base}/{n}" for n in ("kernel", "scale", "embedding")
                          if f"{base}/{n}" in want), None)
-        else:
-            path = None
+        else:  # a bare nn.Parameter (CLIP's class_embedding, logit_scale) keeps its name
+            path = f"{base}/{leaf}" if base else leaf
         if path is None or path not in want:
             unexpected.append(key)
             continue
@@ -85,7 +88,7 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, A
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20])
                              + (" ..." if len(items) > 20 else ""))
-        raise ValueError("\n".join(lines))
+        raise DataError("\n".join(lines))
     return unflatten(out)
 
 
@@ -128,8 +131,8 @@ def check_config_keys(config: Mapping[str, Any], supported: Mapping[str, Any],
     ``supported`` maps accepted keys to defaults; ``fixed`` maps keys to the tuple of values this
     port implements (other values are options it does not). Keys starting with ``_`` are
     metadata.
-    Returns ``supported`` updated with the config's values. Raises ``ValueError`` listing every
-    unsupported option / unknown key.
+    Returns ``supported`` updated with the config's values. Raises ``DataError`` (a
+    ``ValueError``) listing every unsupported option / unknown key.
     """
     out = dict(supported)
     problems = []
@@ -145,7 +148,7 @@ def check_config_keys(config: Mapping[str, Any], supported: Mapping[str, Any],
         else:
             problems.append(f"{k}={v!r} (unknown option)")
     if problems:
-        raise ValueError(f"unsupported {what} configuration: " + "; ".join(problems))
+        raise DataError(f"unsupported {what} configuration: " + "; ".join(problems))
     return out
 
 

@@ -25,7 +25,7 @@ from jaxhead.models.sd_convert import (
     param_shapes,
     torch_to_flax,
 )
-from jaxhead.utils.params_io import check_tree, load_params
+from jaxhead.utils.params_io import check_tree, data_errors, load_params
 
 Array = Any
 CONVERT_HINT = "python -m convert_weights.diffusers SRC DST"
@@ -255,14 +255,16 @@ def convert(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> 
     return torch_to_flax(state_dict, expected_shapes(module), what="UNet2DConditionModel")
 
 
-def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, attention_impl: str = "auto"
-         ) -> tuple[UNet2DConditionModel, dict[str, Any]]:
+def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, attention_impl: str = "auto",
+         verify: bool = True) -> tuple[UNet2DConditionModel, dict[str, Any]]:
     """Load a converted UNet directory (``params.safetensors`` + ``config.json``).
 
-    Returns (module, params) with params as ``dtype`` jax arrays.
+    Returns (module, params) with params as ``dtype`` jax arrays. ``verify``: check the content
+    hash and finiteness (``params_io.load_params``); bad files raise ``DataError`` naming them.
     """
-    params, config = load_params(path, what="UNet", convert_hint=CONVERT_HINT)
-    module = UNet2DConditionModel(UNetConfig.from_diffusers(config), dtype=dtype,
-                                  attention_impl=attention_impl)
+    params, config = load_params(path, what="UNet", convert_hint=CONVERT_HINT, verify=verify)
+    with data_errors(f"{os.fspath(path)}/config.json"):
+        cfg = UNetConfig.from_diffusers(config)
+    module = UNet2DConditionModel(cfg, dtype=dtype, attention_impl=attention_impl)
     check_tree(params, expected_shapes(module), what=f"UNet parameters in {str(path)!r}")
     return module, cast_params(params, dtype)

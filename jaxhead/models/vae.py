@@ -32,7 +32,7 @@ from jaxhead.models.sd_convert import (
     torch_to_flax,
 )
 from jaxhead.models.unet import CONVERT_HINT
-from jaxhead.utils.params_io import check_tree, load_params
+from jaxhead.utils.params_io import check_tree, data_errors, load_params
 
 Array = Any
 
@@ -233,11 +233,13 @@ def convert(state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> 
                          what="AutoencoderKL")
 
 
-def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, attention_impl: str = "auto"
-         ) -> tuple[AutoencoderKL, dict[str, Any]]:
-    """Load a converted VAE directory -> (module, params as ``dtype`` jax arrays)."""
-    params, config = load_params(path, what="VAE", convert_hint=CONVERT_HINT)
-    module = AutoencoderKL(VAEConfig.from_diffusers(config), dtype=dtype,
-                           attention_impl=attention_impl)
+def load(path: str | os.PathLike, *, dtype: Any = jnp.float32, attention_impl: str = "auto",
+         verify: bool = True) -> tuple[AutoencoderKL, dict[str, Any]]:
+    """Load a converted VAE directory -> (module, params as ``dtype`` jax arrays).
+    ``verify``: check the content hash and finiteness (``params_io.load_params``)."""
+    params, config = load_params(path, what="VAE", convert_hint=CONVERT_HINT, verify=verify)
+    with data_errors(f"{os.fspath(path)}/config.json"):
+        cfg = VAEConfig.from_diffusers(config)
+    module = AutoencoderKL(cfg, dtype=dtype, attention_impl=attention_impl)
     check_tree(params, expected_shapes(module), what=f"VAE parameters in {str(path)!r}")
     return module, cast_params(params, dtype)

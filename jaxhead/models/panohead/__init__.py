@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxhead.errors import DataError
 from jaxhead.models.panohead.generator import PanoHeadConfig, TriPlaneGenerator
 from jaxhead.utils import params_io
 
@@ -156,19 +157,24 @@ def save_panohead(directory: str | os.PathLike, G: PanoHead, params: Params,
     params_io.save_params(directory, jax.device_get(params), cfg)
 
 
-def load_panohead(directory: str | os.PathLike) -> tuple[PanoHead, Params]:
+def load_panohead(directory: str | os.PathLike, *, verify: bool = True
+                  ) -> tuple[PanoHead, Params]:
     """Load a converted generator directory (``params.safetensors`` + ``config.json``).
 
     Returns ``(G, params)`` with params as jnp arrays; the parameter tree is checked against the
-    configuration and mismatches are reported by name.
+    configuration and mismatches are reported by name. ``verify`` checks the content hash and
+    finiteness (:func:`jaxhead.utils.params_io.load_params`). Raises ``MissingWeightsError`` /
+    ``DataError`` naming the directory.
     """
     flat_params, cfg = params_io.load_params(directory, what="PanoHead generator",
-                                             convert_hint=CONVERT_HINT)
-    if cfg.get("format") != FORMAT:
-        raise ValueError(f"{os.fspath(directory)!r}: config.json format is "
-                         f"{cfg.get('format')!r}, expected {FORMAT!r}. {CONVERT_HINT}")
-    G = PanoHead(PanoHeadConfig.from_dict(cfg["panohead"]))
-    params_io.check_tree(flat_params, G.param_shapes(), what="PanoHead parameters")
+                                             convert_hint=CONVERT_HINT, verify=verify)
+    where = os.fspath(directory)
+    if cfg.get("format") != FORMAT or not isinstance(cfg.get("panohead"), dict):
+        raise DataError(f"{where!r}: config.json format is {cfg.get('format')!r}, expected "
+                        f"{FORMAT!r} (convert it with: {CONVERT_HINT})")
+    with params_io.data_errors(f"{where}/config.json"):
+        G = PanoHead(PanoHeadConfig.from_dict(cfg["panohead"]))
+    params_io.check_tree(flat_params, G.param_shapes(), what=f"PanoHead parameters in {where!r}")
     return G, jax.tree.map(jnp.asarray, flat_params)
 
 

@@ -1,0 +1,321 @@
+"""Benchmark of the metric networks (random weights): the FID Inception-v3 feature extractor,
+CLIP ViT-B/32 and ViT-L/14 image embeddings, and the FID/KID math.
+
+    python -m benchmarks.metrics [--repeats 3] [--only jax-b8,torch-b8,...] [--json out.json]
+
+Each configuration runs in its own subprocess so its peak RSS (``ru_maxrss``: weights +
+activations + compiler) is its own. Inception rows: full-size network (23.9 M parameters) on a
+batch of 299 px images (no resize), fp32; JAX = ``jax.jit(inception_features)``, compile =
+lower + compile; torch = the plain-torch reference of tests/inception_testlib.py (pytorch-fid's
+network; torch is a test/bench extra), "compile" = its first (warm-up) call. CLIP rows: the
+whole CLIPModel's weights in memory (both towers), image embeddings of a batch of preprocessed
+224 px pixel values (image tower + ``visual_projection``), fp32; JAX =
+``jax.jit(pixel_embeds)``, torch = transformers' ``CLIPModel`` (its own random init).
+s/batch = median of --repeats calls after one warm-up call. ``fid-kid`` row: ``fid`` and
+``kid`` (defaults: 100 subsets of 1000) on two sets of 2000 random 2048-d features.
+``pair-b8`` / ``clip-b32-pair`` run both frameworks in one process on the same weights with
+the calls alternated: the robust ratio on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "jax-b8": dict(kind="jax", batch=8),
+    "torch-b8": dict(kind="torch", batch=8),
+    "jax-b32": dict(kind="jax", batch=32),
+    "torch-b32": dict(kind="torch", batch=32),
+    "pair-b8": dict(kind="pair", batch=8),
+    "fid-kid": dict(kind="math", n=2000),
+    "clip-b32-jax": dict(kind="clip-jax", model="openai/clip-vit-base-patch32", batch=8),
+    "clip-b32-torch": dict(kind="clip-torch", model="openai/clip-vit-base-patch32", batch=8),
+    "clip-b32-pair": dict(kind="clip-pair", model="openai/clip-vit-base-patch32", batch=8),
+    "clip-l14-jax": dict(kind="clip-jax", model="openai/clip-vit-large-patch14", batch=8),
+    "clip-l14-torch": dict(kind="clip-torch", model="openai/clip-vit-large-patch14", batch=8),
+}
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _images(batch: int) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 1, (batch, 299, 299, 3)).astype(np.float32)
+
+
+def jax_worker(spec: dict) -> dict:
+    import jax
+
+    from jaxhead.metrics import inception as inc
+
+    params = inc.random_params(jax.random.key(0))
+    x = _images(spec["batch"])
+    fn = jax.jit(inc.inception_features)
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, x).compile()
+    compile_s = time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(params, x))  # warm-up
+    times = []
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(params, x))
+        times.append(time.perf_counter() - t0)
+    assert np.isfinite(np.asarray(out)).all()
+    return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
+                peak_rss_mb=_peak_mb())
+
+
+def torch_worker(spec: dict) -> dict:
+    import torch
+
+    from tests.inception_testlib import seeded_state_dict, torch_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = torch_model(seeded_state_dict())
+    x = torch.from_numpy(_images(spec["batch"]).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(x)
+        first_s = time.perf_counter() - t0
+        times = []
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            out = model(x)
+            times.append(time.perf_counter() - t0)
+    assert torch.isfinite(out).all()
+    return dict(compile_s=first_s, call_s=statistics.median(times), calls_s=times,
+                peak_rss_mb=_peak_mb(), torch_version=torch.__version__)
+
+
+def pair_worker(spec: dict) -> dict:
+    """The same weights (the torch reference's, converted) in torch and JAX in one process,
+    calls alternated so that load from other processes hits both alike."""
+    import jax
+    import torch
+
+    from convert_weights.inception import convert_state_dict
+    from jaxhead.metrics import inception as inc
+    from tests.inception_testlib import seeded_state_dict, torch_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    state = seeded_state_dict()
+    model = torch_model(state)
+    params = jax.tree.map(jax.numpy.asarray, convert_state_dict(state))
+    x = _images(spec["batch"])
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    compiled = jax.jit(inc.inception_features).lower(params, x).compile()
+    tj, tt = [], []
+    with torch.no_grad():
+        for _ in range(spec["repeats"] + 1):  # the first round is a warm-up
+            t0 = time.perf_counter()
+            ref = model(xt).numpy()
+            tt.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = np.asarray(compiled(params, x))
+            tj.append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
+    err = float(np.abs(out - ref).max())
+    return dict(call_s=statistics.median(tj[1:]), torch_call_s=statistics.median(tt[1:]),
+                ratios=ratios, max_abs_err=err, rel_err=err / float(np.abs(ref).max()),
+                peak_rss_mb=_peak_mb())
+
+
+def math_worker(spec: dict) -> dict:
+    from jaxhead.metrics.fid import fid, kid
+
+    rng = np.random.default_rng(0)
+    n = spec["n"]
+    f1 = np.maximum(rng.standard_normal((n, 2048)), 0).astype(np.float32)  # ReLU-like
+    f2 = np.maximum(rng.standard_normal((n, 2048)) + 0.05, 0).astype(np.float32)
+    t0 = time.perf_counter()
+    d = fid(f1, f2)
+    fid_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    k = kid(f1, f2, seed=0)
+    kid_s = time.perf_counter() - t0
+    return dict(fid_s=fid_s, kid_s=kid_s, fid=d, kid=k, peak_rss_mb=_peak_mb())
+
+
+def _pixels(batch: int) -> np.ndarray:
+    """CLIP-normalised pixel values, NHWC."""
+    return np.random.default_rng(0).standard_normal((batch, 224, 224, 3)).astype(np.float32)
+
+
+def _torch_clip(name: str):
+    import torch
+    import transformers
+
+    from jaxhead.models.clip import PRESETS
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(**PRESETS[name].to_transformers())
+    model = transformers.CLIPModel(cfg).eval()
+
+    def embed(x_nchw):
+        return model.visual_projection(model.vision_model(x_nchw).pooler_output)
+
+    return model, embed
+
+
+def clip_jax_worker(spec: dict) -> dict:
+    import jax
+
+    from jaxhead.metrics.clip import pixel_embeds
+    from jaxhead.models.clip import PRESETS, random_params
+
+    params = random_params(PRESETS[spec["model"]], jax.random.key(0))
+    x = _pixels(spec["batch"])
+    t0 = time.perf_counter()
+    compiled = jax.jit(pixel_embeds).lower(params, x).compile()
+    compile_s = time.perf_counter() - t0
+    out = jax.block_until_ready(compiled(params, x))  # warm-up
+    times = []
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(compiled(params, x))
+        times.append(time.perf_counter() - t0)
+    assert np.isfinite(np.asarray(out)).all()
+    return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
+                peak_rss_mb=_peak_mb())
+
+
+def clip_torch_worker(spec: dict) -> dict:
+    import torch
+
+    _, embed = _torch_clip(spec["model"])
+    x = torch.from_numpy(_pixels(spec["batch"]).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        embed(x)
+        first_s = time.perf_counter() - t0
+        times = []
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            out = embed(x)
+            times.append(time.perf_counter() - t0)
+    assert torch.isfinite(out).all()
+    return dict(compile_s=first_s, call_s=statistics.median(times), calls_s=times,
+                peak_rss_mb=_peak_mb(), torch_version=torch.__version__)
+
+
+def clip_pair_worker(spec: dict) -> dict:
+    """transformers' random CLIP converted to JAX; both in one process, calls alternated."""
+    import jax
+    import torch
+
+    from jaxhead.metrics.clip import pixel_embeds
+    from jaxhead.models.clip import PRESETS, CLIPParams, convert
+
+    model, embed = _torch_clip(spec["model"])
+    cfg = PRESETS[spec["model"]]
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    params = CLIPParams(config=cfg, weights=jax.tree.map(jax.numpy.asarray, convert(state, cfg)))
+    del state
+    x = _pixels(spec["batch"])
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    compiled = jax.jit(pixel_embeds).lower(params, x).compile()
+    tj, tt = [], []
+    with torch.no_grad():
+        for _ in range(spec["repeats"] + 1):  # the first round is a warm-up
+            t0 = time.perf_counter()
+            ref = embed(xt).numpy()
+            tt.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            out = np.asarray(compiled(params, x))
+            tj.append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
+    err = float(np.abs(out - ref).max())
+    return dict(call_s=statistics.median(tj[1:]), torch_call_s=statistics.median(tt[1:]),
+                ratios=ratios, max_abs_err=err, rel_err=err / float(np.abs(ref).max()),
+                peak_rss_mb=_peak_mb())
+
+
+def run_config(name: str, repeats: int) -> dict:
+    spec = {**CONFIGS[name], "repeats": repeats}
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.metrics", "--worker",
+                           json.dumps(spec)], capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict[str, dict]) -> str:
+    rows = ["| configuration | compile / first call s | s per batch | images/s | peak RSS GB |"
+            " vs torch |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        spec = CONFIGS[name]
+        if "error" in r:
+            rows.append(f"| {name} | error: {r['error']} | | | | |")
+            continue
+        if spec["kind"] == "math":
+            rows.append(f"| {name} (N={spec['n']} x 2, D=2048) | - | fid {r['fid_s']:.2f} s, "
+                        f"kid {r['kid_s']:.2f} s | - | {r['peak_rss_mb'] / 1024:.2f} | |")
+            continue
+        if spec["kind"].endswith("pair"):
+            ratio = statistics.median(r["ratios"])
+            rows.append(f"| {name} (same weights, alternated) | - | jax {r['call_s']:.2f}, "
+                        f"torch {r['torch_call_s']:.2f} | {spec['batch'] / r['call_s']:.1f} | "
+                        f"{r['peak_rss_mb'] / 1024:.2f} | {ratio:.2f}x time (paired) |")
+            continue
+        ratio = ""
+        other = results.get(name.replace("jax", "torch"), {})
+        if spec["kind"].endswith("jax") and "call_s" in other:
+            ratio = f"{r['call_s'] / other['call_s']:.2f}x time"
+        rows.append(f"| {name} | {r['compile_s']:.2f} | {r['call_s']:.2f} | "
+                    f"{spec['batch'] / r['call_s']:.1f} | {r['peak_rss_mb'] / 1024:.2f} | "
+                    f"{ratio} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per configuration")
+    ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(CONFIGS))
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        spec = json.loads(a.worker)
+        workers = {"jax": jax_worker, "torch": torch_worker, "pair": pair_worker,
+                   "math": math_worker, "clip-jax": clip_jax_worker,
+                   "clip-torch": clip_torch_worker, "clip-pair": clip_pair_worker}
+        res = workers[spec["kind"]](spec)
+        print(json.dumps(res))
+        return 0
+    names = [n for n in (a.only.split(",") if a.only else CONFIGS) if n]
+    results = {}
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_config(name, a.repeats)
+        print(f"  {json.dumps(results[name])}", file=sys.stderr, flush=True)
+    print(f"Random weights, fp32; Inception at 299 px, CLIP image embeddings at 224 px; CPU "
+          f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}); s per batch = "
+          f"median of {a.repeats}\n")
+    print(table(results))
+    for name in ("pair-b8", "clip-b32-pair"):
+        if "max_abs_err" in results.get(name, {}):
+            r = results[name]
+            print(f"\n{name} outputs: max-abs diff {r['max_abs_err']:.2g} "
+                  f"({r['rel_err']:.2g} of the output scale)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
