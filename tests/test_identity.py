@@ -92,6 +92,8 @@ def test_crop_reproduces_template_known_answer():
         return float(np.abs(crop - want).max())
 
     good = err(img, lm)
+    print(f"known-answer crop: max error {good:.2g}; transposed landmarks "
+          f"{err(img, lm[..., ::-1]):.2g}; BGR {err(img[..., ::-1], lm):.2g}")
     assert good < 0.01, good  # bilinear interpolation of a 1.7x upsampled pattern
     assert err(img, lm[..., ::-1]) > 0.3  # landmarks as (row, col)
     assert err(img[..., ::-1], lm) > 0.3  # channel order flipped
