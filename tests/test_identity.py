@@ -14,6 +14,7 @@ from jaxhead.camera import make_camera
 from jaxhead.metrics import identity as I
 from jaxhead.models import arcface as M
 from jaxhead.models.panohead import renderer
+from jaxhead.ops.grid_sample import warp_affine
 
 
 def _umeyama_svd(src, dst):
@@ -59,8 +60,6 @@ def test_warp_affine_matches_opencv():
     m = _similarity(0.4, 1.3, -10.0, 5.0).astype(np.float32)
     ref = cv2.warpAffine(img, m, (70, 50), flags=cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    from jaxhead.ops.grid_sample import warp_affine
-
     out = np.asarray(warp_affine(img[None], m[None], (50, 70)))[0]
     grad = 1.0 / 6 + 1.0 / 9  # bound on the pattern's slope per pixel
     assert np.abs(out - ref).max() <= grad / 64 * 1.3 + 1e-5
