@@ -1,5 +1,6 @@
 """Benchmark of the metric networks (random weights): the FID Inception-v3 feature extractor,
-CLIP ViT-B/32 and ViT-L/14 image embeddings, and the FID/KID math.
+CLIP ViT-B/32 and ViT-L/14 image embeddings, the ArcFace identity networks (iresnet50,
+IR-SE50), and the FID/KID math.
 
     python -m benchmarks.metrics [--repeats 3] [--only jax-b8,torch-b8,...] [--json out.json]
 
@@ -14,7 +15,14 @@ whole CLIPModel's weights in memory (both towers), image embeddings of a batch o
 s/batch = median of --repeats calls after one warm-up call. ``fid-kid`` row: ``fid`` and
 ``kid`` (defaults: 100 subsets of 1000) on two sets of 2000 random 2048-d features.
 ``pair-b8`` / ``clip-b32-pair`` run both frameworks in one process on the same weights with
-the calls alternated: the robust ratio on a shared machine.
+the calls alternated: the robust ratio on a shared machine. ArcFace rows: full-size networks
+on a batch of aligned 112 px faces in [-1, 1] (the network only; the crop is not timed), fp32;
+``arcface-*`` is insightface's iresnet50 (43.6 M parameters), JAX = ``jax.jit(embed)`` against
+onnxruntime (CPU provider, all cores) running a random-weight iresnet50 exported by
+``torch.onnx.export`` (the plain-torch reference of tests/arcface_testlib.py, exported once per
+run in its own process, as insightface's ``w600k_r50.onnx`` was); ``irse-*`` is the IR-SE50
+of pSp (43.8 M), JAX against that plain-torch reference. ``*-pair-b8`` rows convert the
+reference's weights (the ONNX file through ``convert_weights.arcface``) and alternate calls.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +53,18 @@ CONFIGS = {
     "clip-b32-pair": dict(kind="clip-pair", model="openai/clip-vit-base-patch32", batch=8),
     "clip-l14-jax": dict(kind="clip-jax", model="openai/clip-vit-large-patch14", batch=8),
     "clip-l14-torch": dict(kind="clip-torch", model="openai/clip-vit-large-patch14", batch=8),
+    "arcface-jax-b8": dict(kind="face-jax", arch="iresnet", batch=8),
+    "arcface-ort-b8": dict(kind="face-ort", arch="iresnet", batch=8),
+    "arcface-jax-b32": dict(kind="face-jax", arch="iresnet", batch=32),
+    "arcface-ort-b32": dict(kind="face-ort", arch="iresnet", batch=32),
+    "arcface-pair-b8": dict(kind="face-ort-pair", arch="iresnet", batch=8),
+    "irse-jax-b8": dict(kind="face-jax", arch="ir_se", batch=8),
+    "irse-torch-b8": dict(kind="face-torch", arch="ir_se", batch=8),
+    "irse-jax-b32": dict(kind="face-jax", arch="ir_se", batch=32),
+    "irse-torch-b32": dict(kind="face-torch", arch="ir_se", batch=32),
+    "irse-pair-b8": dict(kind="face-torch-pair", arch="ir_se", batch=8),
 }
+ONNX_KINDS = ("face-ort", "face-ort-pair")  # rows that need the exported iresnet50
 
 
 def _peak_mb() -> float:
@@ -243,8 +263,142 @@ def clip_pair_worker(spec: dict) -> dict:
                 peak_rss_mb=_peak_mb())
 
 
-def run_config(name: str, repeats: int) -> dict:
-    spec = {**CONFIGS[name], "repeats": repeats}
+def _faces(batch: int) -> np.ndarray:
+    """Aligned faces as the networks take them: NHWC 112 px in [-1, 1]."""
+    return np.random.default_rng(0).uniform(-1, 1, (batch, 112, 112, 3)).astype(np.float32)
+
+
+def _timed(call, repeats: int) -> tuple[float, list[float]]:
+    """(first call s, timed calls s) of ``call()`` after which results are blocked on."""
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
+def face_export_worker(spec: dict) -> dict:
+    """Write the random-weight full-size iresnet50 as ONNX (torch.onnx.export, eval mode)."""
+    import warnings
+
+    from tests.arcface_testlib import FULL, IResNet, export_onnx, randomize
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Path(spec["path"]).write_bytes(export_onnx(randomize(IResNet(**FULL), 0)))
+    return {"path": spec["path"]}
+
+
+def _ort_session(path: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = os.cpu_count() or 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x_nchw: sess.run(None, {name: x_nchw})[0]
+
+
+def _torch_irse():
+    import torch
+
+    from tests.arcface_testlib import FULL, IRSEBackbone, randomize
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    return randomize(IRSEBackbone(**FULL), 0)
+
+
+def face_jax_worker(spec: dict) -> dict:
+    import jax
+
+    from jaxhead.models.arcface import IR_SE50, IRESNET50, embed, random_params
+
+    params = random_params(IRESNET50 if spec["arch"] == "iresnet" else IR_SE50, 0)
+    x = _faces(spec["batch"])
+    t0 = time.perf_counter()
+    compiled = jax.jit(embed).lower(params, x).compile()
+    compile_s = time.perf_counter() - t0
+    _, times = _timed(lambda: jax.block_until_ready(compiled(params, x)), spec["repeats"])
+    assert np.isfinite(np.asarray(compiled(params, x))).all()
+    return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
+                peak_rss_mb=_peak_mb())
+
+
+def face_ref_worker(spec: dict) -> dict:
+    """onnxruntime on the exported iresnet50, or the plain-torch IR-SE50."""
+    x = np.ascontiguousarray(_faces(spec["batch"]).transpose(0, 3, 1, 2))
+    if spec["kind"] == "face-ort":
+        import onnxruntime as ort
+
+        run = _ort_session(spec["onnx"])
+        version = {"onnxruntime_version": ort.__version__}
+    else:
+        import torch
+
+        model, xt = _torch_irse(), torch.from_numpy(x)
+        version = {"torch_version": torch.__version__}
+
+        def run(_):
+            with torch.no_grad():
+                return model(xt).numpy()
+    first, times = _timed(lambda: run(x), spec["repeats"])
+    assert np.isfinite(run(x)).all()
+    return dict(compile_s=first, call_s=statistics.median(times), calls_s=times,
+                peak_rss_mb=_peak_mb(), **version)
+
+
+def face_pair_worker(spec: dict) -> dict:
+    """The reference's weights converted to JAX; both in one process, calls alternated."""
+    import jax
+
+    from convert_weights import arcface as conv
+    from jaxhead.models.arcface import ArcFaceParams, embed
+
+    x = _faces(spec["batch"])
+    xc = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if spec["kind"] == "face-ort-pair":
+        import onnx
+
+        ref = _ort_session(spec["onnx"])
+        cfg, w = conv.convert_onnx(onnx.load(spec["onnx"]))
+    else:
+        import torch
+
+        from tests.arcface_testlib import state_dict_numpy
+
+        model = _torch_irse()
+        cfg, w = conv.convert_irse_state(state_dict_numpy(model))
+
+        def ref(a):
+            with torch.no_grad():
+                return model(torch.from_numpy(a)).numpy()
+    params = ArcFaceParams(cfg, jax.tree.map(jax.numpy.asarray, w))
+    compiled = jax.jit(embed).lower(params, x).compile()
+    tj, tt = [], []
+    for _ in range(spec["repeats"] + 1):  # the first round is a warm-up
+        t0 = time.perf_counter()
+        r = ref(xc)
+        tt.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = np.asarray(compiled(params, x))
+        tj.append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
+    err = float(np.abs(out - r).max())
+    return dict(call_s=statistics.median(tj[1:]), torch_call_s=statistics.median(tt[1:]),
+                ratios=ratios, max_abs_err=err, rel_err=err / float(np.abs(r).max()),
+                peak_rss_mb=_peak_mb())
+
+
+def run_config(name: str, repeats: int, extra: dict | None = None) -> dict:
+    return run_worker({**CONFIGS[name], "repeats": repeats, **(extra or {})})
+
+
+def run_worker(spec: dict) -> dict:
+    """``spec`` in a fresh worker process -> its result dict (or ``{"error": last line}``)."""
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-m", "benchmarks.metrics", "--worker",
@@ -256,7 +410,7 @@ def run_config(name: str, repeats: int) -> dict:
 
 def table(results: dict[str, dict]) -> str:
     rows = ["| configuration | compile / first call s | s per batch | images/s | peak RSS GB |"
-            " vs torch |", "|---|---|---|---|---|---|"]
+            " vs torch / onnxruntime |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         spec = CONFIGS[name]
         if "error" in r:
@@ -268,15 +422,17 @@ def table(results: dict[str, dict]) -> str:
             continue
         if spec["kind"].endswith("pair"):
             ratio = statistics.median(r["ratios"])
-            rows.append(f"| {name} (same weights, alternated) | - | jax {r['call_s']:.2f}, "
-                        f"torch {r['torch_call_s']:.2f} | {spec['batch'] / r['call_s']:.1f} | "
+            ref = "ort" if spec["kind"] == "face-ort-pair" else "torch"
+            rows.append(f"| {name} (same weights, alternated) | - | jax {r['call_s']:.3f}, "
+                        f"{ref} {r['torch_call_s']:.3f} | {spec['batch'] / r['call_s']:.1f} | "
                         f"{r['peak_rss_mb'] / 1024:.2f} | {ratio:.2f}x time (paired) |")
             continue
         ratio = ""
-        other = results.get(name.replace("jax", "torch"), {})
-        if spec["kind"].endswith("jax") and "call_s" in other:
-            ratio = f"{r['call_s'] / other['call_s']:.2f}x time"
-        rows.append(f"| {name} | {r['compile_s']:.2f} | {r['call_s']:.2f} | "
+        for ref in ("torch", "ort"):
+            other = results.get(name.replace("jax", ref), {})
+            if spec["kind"].endswith("jax") and "call_s" in other:
+                ratio = f"{r['call_s'] / other['call_s']:.2f}x time"
+        rows.append(f"| {name} | {r['compile_s']:.2f} | {r['call_s']:.3f} | "
                     f"{spec['batch'] / r['call_s']:.1f} | {r['peak_rss_mb'] / 1024:.2f} | "
                     f"{ratio} |")
     return "\n".join(rows)
@@ -293,21 +449,31 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(a.worker)
         workers = {"jax": jax_worker, "torch": torch_worker, "pair": pair_worker,
                    "math": math_worker, "clip-jax": clip_jax_worker,
-                   "clip-torch": clip_torch_worker, "clip-pair": clip_pair_worker}
+                   "clip-torch": clip_torch_worker, "clip-pair": clip_pair_worker,
+                   "face-export": face_export_worker, "face-jax": face_jax_worker,
+                   "face-ort": face_ref_worker, "face-torch": face_ref_worker,
+                   "face-ort-pair": face_pair_worker, "face-torch-pair": face_pair_worker}
         res = workers[spec["kind"]](spec)
         print(json.dumps(res))
         return 0
     names = [n for n in (a.only.split(",") if a.only else CONFIGS) if n]
     results = {}
-    for name in names:
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_config(name, a.repeats)
-        print(f"  {json.dumps(results[name])}", file=sys.stderr, flush=True)
-    print(f"Random weights, fp32; Inception at 299 px, CLIP image embeddings at 224 px; CPU "
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {}
+        if any(CONFIGS[n]["kind"] in ONNX_KINDS for n in names):
+            print("exporting a random-weight iresnet50 to ONNX ...", file=sys.stderr, flush=True)
+            made = run_worker({"kind": "face-export", "path": str(Path(tmp) / "iresnet50.onnx")})
+            extra = {"onnx": made.get("path", "")}
+        for name in names:
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results[name] = run_config(name, a.repeats, extra)
+            print(f"  {json.dumps(results[name])}", file=sys.stderr, flush=True)
+    print(f"Random weights, fp32; Inception at 299 px, CLIP image embeddings at 224 px, ArcFace "
+          f"at 112 px; CPU "
           f"({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}); s per batch = "
           f"median of {a.repeats}\n")
     print(table(results))
-    for name in ("pair-b8", "clip-b32-pair"):
+    for name in ("pair-b8", "clip-b32-pair", "arcface-pair-b8", "irse-pair-b8"):
         if "max_abs_err" in results.get(name, {}):
             r = results[name]
             print(f"\n{name} outputs: max-abs diff {r['max_abs_err']:.2g} "

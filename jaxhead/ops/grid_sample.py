@@ -1,4 +1,6 @@
-"""Trilinear ``grid_sample`` (5-D, ``align_corners=False``, ``padding_mode='zeros'``) in JAX."""
+"""Sampling in JAX: trilinear ``grid_sample`` (5-D, ``align_corners=False``,
+``padding_mode='zeros'``), bilinear sampling of an image at pixel coordinates and
+``cv2.warpAffine`` (bilinear, zero border) built on it."""
 
 from __future__ import annotations
 
@@ -43,3 +45,56 @@ def _sample_one(vol: jax.Array, xyz: jax.Array) -> jax.Array:
                 wgt = jnp.where(valid, wx * wy * wz, 0.0).astype(vol.dtype)
                 out = out + jnp.take(flat, idx, axis=0) * wgt[:, None]
     return out
+
+
+def sample_bilinear_2d(image: jax.Array, xy: jax.Array) -> jax.Array:
+    """Bilinear samples of one image at pixel coordinates.
+
+    Args:
+      image: ``[H, W, C]``.
+      xy: ``[..., 2]`` points ``(x, y)`` in pixels, pixel centres at integers (OpenCV's
+        convention: ``(0, 0)`` is the centre of the top-left pixel).
+    Returns:
+      ``[..., C]``; neighbours outside the image contribute zero (``cv2.BORDER_CONSTANT`` with
+      value 0, PyTorch's ``padding_mode='zeros'``).
+    """
+    h, w, c = image.shape
+    flat = image.reshape(h * w, c)
+    x, y = xy[..., 0], xy[..., 1]
+    x0, y0 = jnp.floor(x), jnp.floor(y)
+    fx, fy = x - x0, y - y0
+    out = jnp.zeros((*xy.shape[:-1], c), image.dtype)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        yi = y0 + dy
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            xi = x0 + dx
+            valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+            idx = (jnp.clip(yi, 0, h - 1).astype(jnp.int32) * w
+                   + jnp.clip(xi, 0, w - 1).astype(jnp.int32))
+            wgt = jnp.where(valid, wx * wy, 0.0).astype(image.dtype)
+            out = out + jnp.take(flat, idx, axis=0) * wgt[..., None]
+    return out
+
+
+def warp_affine(images: jax.Array, matrices: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """``cv2.warpAffine(img, M, (w, h), flags=INTER_LINEAR, borderValue=0)`` for a batch.
+
+    Args:
+      images: ``[N, H, W, C]`` float.
+      matrices: ``[N, 2, 3]`` affine maps from source to output pixel coordinates (pixel
+        centres at integers); each output pixel samples the source at the inverse map.
+      size: ``(h, w)`` of the output.
+    Returns:
+      ``[N, h, w, C]``, zeros where the inverse map leaves the source. OpenCV rounds the
+      source coordinates to 1/32 pixel and, for uint8, the weights to 1/2048; this does not.
+    """
+    h, w = size
+    a = matrices[:, :, :2]
+    inv = jnp.linalg.inv(a)  # [N, 2, 2]
+    shift = -jnp.einsum("nij,nj->ni", inv, matrices[:, :, 2])
+    ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                          indexing="ij")
+    grid = jnp.stack([xs, ys], -1)  # [h, w, 2] (x, y)
+    src = jnp.einsum("nij,hwj->nhwi", inv, grid,
+                     precision=jax.lax.Precision.HIGHEST) + shift[:, None, None]
+    return jax.vmap(sample_bilinear_2d)(images, src)
