@@ -167,3 +167,34 @@ def test_config_refuses_non_finite_and_out_of_range_values():
                   "optimizer.eps", "truncation_cutoff", "num_devices", "single.pitch_range"):
         assert field in msg, field
     assert isinstance(validate_config(demo.get_config()), ml_collections.FrozenConfigDict)
+
+
+def test_gaussian_demo_teacher_is_the_exact_gaussian_noise_prediction():
+    """For z0 = mu exactly (sigma -> 0) the conditional prediction inverts x_t to the injected
+    noise; for sigma = 1 and mu = 0 conditional and unconditional agree; CFG as the teacher."""
+    from jaxhead.training.demo_teacher import GaussianTeacher, PoolingVAE
+
+    ac = np.linspace(0.999, 0.05, 1000).astype(np.float32)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    mu = jax.random.normal(k1, (1, 8, 8, 4))
+    noise = jax.random.normal(k2, (3, 8, 8, 4))
+    t = jnp.array([10, 400, 900])
+    ab = jnp.asarray(ac)[t][:, None, None, None]
+    x_t = jnp.sqrt(ab) * mu + jnp.sqrt(1 - ab) * noise
+    out = GaussianTeacher(ac, sigma=0.0).eps({"mu": mu}, x_t, t, None, None,
+                                             guidance_scale=2.0)
+    np.testing.assert_allclose(np.asarray(out.eps_cond), np.asarray(noise), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out.eps),
+                               np.asarray(out.eps_uncond + 2.0 * (out.eps_cond - out.eps_uncond)),
+                               atol=1e-6)
+    same = GaussianTeacher(ac, sigma=1.0).eps({"mu": 0 * mu}, x_t, t, None, None)
+    np.testing.assert_allclose(np.asarray(same.eps_cond), np.asarray(same.eps_uncond),
+                               atol=1e-6)
+    # the demo's latent space keeps colour: 8x8 block means (+ their grey), decoded back
+    img = jnp.repeat(jnp.repeat(jax.random.uniform(k1, (1, 4, 4, 3)), 8, 1), 8, 2)
+    vae = PoolingVAE()
+    z = vae.apply({"params": {}}, img, method=vae.encode).mode()
+    assert z.shape == (1, 4, 4, 4)
+    np.testing.assert_allclose(np.asarray(z[..., 3]), np.asarray(z[..., :3].mean(-1)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(vae.apply({"params": {}}, z, method=vae.decode)),
+                               np.asarray(img), atol=1e-6)

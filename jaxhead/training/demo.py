@@ -22,7 +22,7 @@ from jaxhead.models.sd_convert import param_shapes
 from jaxhead.models.unet import UNet2DConditionModel, UNetConfig
 from jaxhead.models.vae import AutoencoderKL, VAEConfig, encode_latents
 from jaxhead.teacher import Teacher
-from jaxhead.training.demo_teacher import GaussianTeacher, palette_image
+from jaxhead.training.demo_teacher import GaussianTeacher, PoolingVAE, palette_image
 from jaxhead.training.models import (
     Models,
     controlnet_names,
@@ -94,11 +94,14 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
         g_params = demo_params(G, seed)
     else:
         G, g_params = demo_generator(seed)
-    vae_mod = AutoencoderKL(VAEConfig() if full else VAEConfig(**DEMO_VAE),
-                            remat=bool(config.remat))
-    s = vae_mod.config.downscale
-    vae_params = random_params(param_shapes(vae_mod, np.zeros((1, s, s, 3), np.float32)),
-                               seed + 1)
+    if config.demo_teacher == "gaussian":  # colour-preserving latents (see demo_teacher)
+        vae_mod, vae_params = PoolingVAE(), {}
+    else:
+        vae_mod = AutoencoderKL(VAEConfig() if full else VAEConfig(**DEMO_VAE),
+                                remat=bool(config.remat))
+        s = vae_mod.config.downscale
+        vae_params = random_params(param_shapes(vae_mod, np.zeros((1, s, s, 3), np.float32)),
+                                   seed + 1)
     sched = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
                                        "beta_end": 0.012, "steps_offset": 1,
                                        "set_alpha_to_one": False})
@@ -157,7 +160,7 @@ def random_sd_teacher(config, seed: int, full: bool) -> tuple[Teacher, dict[str,
     return teacher, {"unet": unet_params, "controlnets": cn_params}
 
 
-def gaussian_teacher(vae_mod: AutoencoderKL, vae_params: Any, alphas: np.ndarray,
+def gaussian_teacher(vae_mod: Any, vae_params: Any, alphas: np.ndarray,
                      image_size: int) -> tuple[GaussianTeacher, dict[str, Any]]:
     """The analytic demo teacher, its target the VAE encoding of the palette image."""
     img = jnp.asarray(palette_image(image_size))[None]

@@ -1,9 +1,10 @@
 """The demo's analytic teacher: a Gaussian over latents whose score is exact, so that the demo
 visibly stylizes in minutes with no diffusion weights at all.
 
-With the prompt, clean latents are ``z0 ~ N(mu, sigma^2 I)``, ``mu`` the VAE encoding of a
-target palette image made in code (:func:`palette_image`); without it (the negative prompt),
-``z0 ~ N(0, I)``, the prior SD latents roughly follow. For ``x_t = sqrt(abar) z0 +
+Its latent space is :class:`PoolingVAE`'s, 8x8 average colours (a random-weight VAE would
+hide colour behind a random map). With the prompt, clean latents are ``z0 ~ N(mu, sigma^2 I)``,
+``mu`` the encoding of a target palette image made in code (:func:`palette_image`); without it
+(the negative prompt), ``z0 ~ N(0, I)``. For ``x_t = sqrt(abar) z0 +
 sqrt(1 - abar) eps`` each gives the exact noise prediction
 
     eps(x_t) = sqrt(1 - abar) (x_t - sqrt(abar) m) / (abar s^2 + 1 - abar),
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,3 +68,49 @@ class GaussianTeacher:
         g = jnp.asarray(guidance_scale, jnp.float32)
         g = g.reshape(-1, 1, 1, 1) if g.ndim else g
         return TeacherOutput(eu, ec, eu + g * (ec - eu))
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolingVAEConfig:
+    """The fields of :class:`jaxhead.models.vae.VAEConfig` that the step reads."""
+
+    downscale: int = 8
+    scaling_factor: float = 1.0
+    shift_factor: float | None = None
+    latent_channels: int = 4
+
+
+class _Posterior:
+    """Deterministic "posterior": ``sample`` and ``mode`` are the encoding itself."""
+
+    def __init__(self, z: Array) -> None:
+        self.z = z
+
+    def mode(self) -> Array:
+        return self.z
+
+    def sample(self, key: Array) -> Array:
+        del key
+        return self.z
+
+
+class PoolingVAE(nn.Module):
+    """The demo's parameter-free stand-in for the SD VAE: a latent pixel is the average RGB of
+    its 8x8 block and their mean (4 channels, about [-1, 1]); decoding repeats the RGB. Same
+    ``encode`` / ``decode`` interface as :class:`jaxhead.models.vae.AutoencoderKL`."""
+
+    config: PoolingVAEConfig = PoolingVAEConfig()
+    remat: bool = False
+
+    def encode(self, images: Array) -> _Posterior:
+        s = self.config.downscale
+        b, h, w, c = images.shape
+        rgb = images.reshape(b, h // s, s, w // s, s, c).mean(axis=(2, 4))
+        return _Posterior(jnp.concatenate([rgb, rgb.mean(-1, keepdims=True)], axis=-1))
+
+    def decode(self, z: Array) -> Array:
+        s = self.config.downscale
+        return jnp.repeat(jnp.repeat(z[..., :3], s, axis=1), s, axis=2)
+
+    def __call__(self, images: Array) -> Array:
+        return self.decode(self.encode(images).mode())
