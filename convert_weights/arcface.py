@@ -23,8 +23,6 @@ SRC, recognised by its content:
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -32,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxhead.errors import DataError, run_cli
+from convert_weights.common import file_sha256
+from jaxhead.errors import ArgumentParser, DataError, run_cli
 from jaxhead.models.arcface import ArcFaceConfig, param_shapes
 from jaxhead.models.iresnet import BN_EPS, FINAL_SIZE
 from jaxhead.utils.params_io import check_tree, flatten, save_params, unflatten
@@ -433,16 +432,9 @@ def convert_file(src: str | Path) -> tuple[ArcFaceConfig, dict, str]:
                     "arcface_torch iresnet (layer1.0.bn1.weight) state dict")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert_weights.arcface",
+    ap = ArgumentParser(prog="python -m convert_weights.arcface",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="w600k_r50.onnx (insightface buffalo_l), an arcface_torch "
                                 "backbone .pth, or model_ir_se50.pth (pSp / e4e)")
@@ -450,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     cfg, params, kind = convert_file(a.src)
     save_params(a.dst, params, {**cfg.to_json(), "source": Path(a.src).name,
-                                "source_sha256": _sha256(a.src)})
+                                "source_sha256": file_sha256(a.src)})
     print(f"converted {kind} {Path(a.src).name} (layers {list(cfg.layers)}, widths "
           f"{list(cfg.widths)}, {cfg.embedding_dim}-d) -> {a.dst}")
     return 0

@@ -13,7 +13,6 @@ CLIP preprocessing that ``jaxhead.metrics.clip.preprocess`` implements is report
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from convert_weights.common import load_torch_file
-from jaxhead.errors import DataError, run_cli
+from jaxhead.errors import ArgumentParser, DataError, run_cli
 from jaxhead.models.clip import MODEL_NAME, CLIPConfig, convert
 from jaxhead.utils.params_io import save_params
 
@@ -68,7 +67,7 @@ def preprocessor_notes(src: Path, config: CLIPConfig) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert_weights.clip",
+    ap = ArgumentParser(prog="python -m convert_weights.clip",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="transformers CLIPModel folder (config.json + weights)")
     ap.add_argument("dst", help="output directory (params.safetensors, config.json, tokenizer/)")

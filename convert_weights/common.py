@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -56,3 +57,12 @@ def _to_numpy(t) -> np.ndarray:
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.float()
     return t.numpy()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file (read in 1 MiB chunks), recorded as a conversion's source."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

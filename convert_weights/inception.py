@@ -14,15 +14,13 @@ DST gets ``params.safetensors`` + ``config.json`` (load with
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from convert_weights.common import load_torch_file
-from jaxhead.errors import DataError, run_cli
+from convert_weights.common import file_sha256, load_torch_file
+from jaxhead.errors import ArgumentParser, DataError, run_cli
 from jaxhead.metrics.inception import MODEL_NAME, NUM_CLASSES, param_shapes
 from jaxhead.utils.params_io import check_tree, flatten, save_params, unflatten
 
@@ -80,16 +78,9 @@ def convert_state_dict(state: Mapping[str, np.ndarray]) -> dict:
     return params
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m convert_weights.inception",
+    ap = ArgumentParser(prog="python -m convert_weights.inception",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or "
                                 "weights-inception-2015-12-05-6726825d.pth (torch-fidelity)")
@@ -98,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = load_torch_file(a.src)
     params = convert_state_dict(state)
     save_params(a.dst, params, {"model": MODEL_NAME, "source": Path(a.src).name,
-                                "source_sha256": _sha256(a.src)})
+                                "source_sha256": file_sha256(a.src)})
     print(f"converted FID Inception-v3 ({Path(a.src).name}) -> {a.dst}")
     return 0
 
