@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_skipped_steps = 10  # stop after this many consecutive steps with a non-finite
     #                           gradient (each such step is skipped: no update, counted)
 
+    # --- compilation: the train CLI keeps compiled programs here, so a rerun of the same
+    # config starts in seconds ("auto": ~/.cache/jaxhead/xla or $XDG_CACHE_HOME; "": off)
+    c.compilation_cache = "auto"
+
     # --- memory
     c.remat = True  # recompute renders / VAE encoder activations in the backward pass
 

@@ -236,6 +236,22 @@ def parse_config(argv: Sequence[str]):
                          .splitlines()[0]) from None
 
 
+def enable_compilation_cache(path: str) -> str | None:
+    """Keep compiled XLA programs in ``path`` (``"auto"``: ``$XDG_CACHE_HOME/jaxhead/xla``, by
+    default ``~/.cache/jaxhead/xla``), so that a rerun of the same config loads its train step
+    instead of compiling it; ``""`` leaves JAX's cache off. Returns the directory used."""
+    if not path:
+        return None
+    if path == "auto":
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                 ".cache")
+        path = os.path.join(base, "jaxhead", "xla")
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: errors in the flags, the config or the input files are one line on stderr
     (exit 2 / 1); see :mod:`jaxhead.errors`."""
@@ -250,7 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
     def run(args):
-        train_and_evaluate(parse_config(args))
+        config = parse_config(args)
+        validate_config(config)  # before the cache directory is created
+        enable_compilation_cache(config.compilation_cache)
+        train_and_evaluate(config)
         return 0
 
     return run_cli(run, argv)

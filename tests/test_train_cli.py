@@ -9,7 +9,8 @@ from jaxhead import train
 
 
 def _run(capsys, *argv):
-    rc = train.main(list(argv))
+    # no persistent compilation cache from these in-process runs (a global JAX setting)
+    rc = train.main([*argv, "--config.compilation_cache="])
     err = capsys.readouterr().err.strip().splitlines()
     return rc, err
 
