@@ -22,8 +22,7 @@ from jaxhead.training.views import VIEWS
 def _choices() -> dict[str, tuple[str, ...]]:
     return {
         "objective": tuple(losses.OBJECTIVES), "alpha_index": ("step", "timestep"),
-        "noise_mode": ("random", "const", "none"), "single.control": tuple(CONTROLS),
-        "grid.control": tuple(CONTROLS), "grid.mode": ("before_sr", "after_sr"),
+        "noise_mode": ("random", "const", "none"), "grid.mode": ("before_sr", "after_sr"),
         "optimizer.name": tuple(OPTIMIZERS), "models.teacher_dtype": ("float32", "bfloat16"),
         "demo_teacher": ("gaussian", "random_sd"),
     }
@@ -79,21 +78,23 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
         errs.append(f"optimizer.b1 and b2 must be in [0, 1), got {o.b1}, {o.b2}")
     if not o.eps > 0:
         errs.append(f"optimizer.eps must be > 0, got {o.eps}")
-    for view in VIEWS:
+    for view in VIEWS:  # the fields the built-in views share (a new view may lack some)
         v = config[view]
-        lo, hi = v.t_range
-        if not 0.0 <= lo < hi <= 1.0:
-            errs.append(f"{view}.t_range must satisfy 0 <= lo < hi <= 1, got {(lo, hi)}")
-        if v.step_range and not (len(v.step_range) == 2 and all(
+        if "t_range" in v:
+            lo, hi = v.t_range
+            if not 0.0 <= lo < hi <= 1.0:
+                errs.append(f"{view}.t_range must satisfy 0 <= lo < hi <= 1, got {(lo, hi)}")
+        if v.get("step_range") and not (len(v.step_range) == 2 and all(
                 isinstance(s, int) for s in v.step_range)
                 and 0 <= v.step_range[0] <= v.step_range[1] < config.num_inference_steps):
             errs.append(f"{view}.step_range must be () or (lo, hi) integers with 0 <= lo <= "
                         f"hi < num_inference_steps={config.num_inference_steps}, got "
                         f"{tuple(v.step_range)}")
         for key in ("yaw_range", "pitch_range"):
-            lo, hi = v[key]
-            if not lo <= hi:
-                errs.append(f"{view}.{key} must satisfy lo <= hi, got {(lo, hi)}")
+            if key in v and not v[key][0] <= v[key][1]:
+                errs.append(f"{view}.{key} must satisfy lo <= hi, got {tuple(v[key])}")
+        if "control" in v and v.control not in CONTROLS:
+            errs.append(f"{view}.control={v.control!r} (choose from {tuple(CONTROLS)})")
     if len(config.single.rank_weights) > 4:
         errs.append("single.rank_weights has more than 4 entries (latents have 4 channels)")
     for key in ("guidance_scale", "controlnet_scale", "grad_div", "grad_clamp"):

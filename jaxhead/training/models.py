@@ -49,8 +49,9 @@ def selected_controls(config) -> tuple[str, ...]:
     out: list[str] = []
     for name in VIEWS:
         v = config[name]
-        if v.enabled and v.control not in out:
-            out.append(v.control)
+        ctl = v.get("control", "none")
+        if v.enabled and ctl not in out:
+            out.append(ctl)
     return tuple(out)
 
 
@@ -102,8 +103,8 @@ def missing_weights(config) -> list[str]:
         out.append(f"Stable Diffusion teacher in {sd}: missing {', '.join(miss)}\n    "
                    + SD_CONVERT.format(sd=sd))
     if uses_depth_model(config) and not _converted(Path(m.depth_anything)):
-        users = [f"{v}.control=depth_anything" for v in VIEWS
-                 if config[v].enabled and CONTROLS[config[v].control].depth_model]
+        users = [f"{v}.control=depth_anything" for v in VIEWS if config[v].enabled
+                 and CONTROLS[config[v].get("control", "none")].depth_model]
         out.append(f"Depth Anything V2 for {', '.join(users)}: {m.depth_anything}\n    "
                    f"python -m convert_weights.depth_anything depth_anything_v2_vitb.pth "
                    f"{m.depth_anything}\n    (or choose the renderer's depth explicitly: "
@@ -178,5 +179,6 @@ def describe(models: Models, config) -> str:
                f"teacher {type(t).__name__}")
     return (f"{type(G).__name__} generator ({G.image_size} px); {teacher}, ControlNets "
             f"{list(t.controlnet_names)}; controls "
-            + ", ".join(f"{v} {config[v].control}" for v in VIEWS if config[v].enabled)
+            + ", ".join(f"{v} {config[v].get('control', 'none')}" for v in VIEWS
+                        if config[v].enabled)
             + (" (demo: random weights)" if models.demo else ""))
