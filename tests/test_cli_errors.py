@@ -5,16 +5,14 @@ Each probe runs the tool's ``main`` through ``jaxhead.errors.run_cli`` in-proces
 probe that needs a subprocess lives in test_safe_pickle.py).
 """
 
-import contextlib
 import json
 import os
 import pickle
-import resource
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fs_testlib import disk_full
 from lpips_testlib import seeded_state_dicts
 from safetensors.numpy import save_file
 
@@ -71,19 +69,6 @@ def generator(tmp_path_factory, fixtures_dir) -> Path:
     dst = tmp_path_factory.mktemp("gen")
     ph_conv.convert(fixtures_dir / "panohead_tiny" / "G_ema.safetensors", dst)
     return dst
-
-
-@contextlib.contextmanager
-def _disk_full(nbytes: int):
-    """Writes past ``nbytes`` fail with EFBIG, as on a full disk (root included)."""
-    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    old = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, old)
-        signal.signal(signal.SIGXFSZ, old_sig)
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
@@ -157,7 +142,7 @@ def test_render_unwritable_output_and_bad_flags(tmp_path, capsys, generator):
     out = tmp_path / "out"
     out.mkdir()
     (out / "seed0000_sheet.png").write_bytes(b"earlier render")
-    with _disk_full(0):
+    with disk_full(0):
         _probe(capsys, render.main, ["--generator", generator, "--out", out], 1,
                f"output directory '{out}' is not writable: File too large")
     assert _snapshot(out) == {"seed0000_sheet.png": b"earlier render"}
@@ -196,7 +181,7 @@ def test_panohead_converter_unwritable_or_full_destination(tmp_path, capsys, fix
     dst = tmp_path / "dst"
     ph_conv.convert(src, dst)
     before = _snapshot(dst)
-    with _disk_full(1 << 20):
+    with disk_full(1 << 20):
         _probe(capsys, ph_conv.main, [src, dst], 1, dst / "params.safetensors",
                "File too large")
     assert _snapshot(dst) == before  # the earlier conversion is intact, no temporary files
@@ -277,7 +262,7 @@ def test_lpips_converter_full_destination_keeps_earlier_output(tmp_path, capsys)
     dst = tmp_path / "dst"
     assert run_cli(lpips_conv.main, ["--alexnet", str(src), str(dst)]) == 0
     before = _snapshot(dst)
-    with _disk_full(1 << 20):
+    with disk_full(1 << 20):
         _probe(capsys, lpips_conv.main, ["--alexnet", src, dst], 1, dst / "params.safetensors",
                "File too large")
     assert _snapshot(dst) == before

@@ -1,15 +1,13 @@
 """Converted-model files: the content hash and finiteness checks on loading, clear errors for
 damaged files, and saves that never lose an earlier model."""
 
-import contextlib
 import errno
 import json
 import os
-import resource
-import signal
 
 import numpy as np
 import pytest
+from fs_testlib import disk_full
 from safetensors.numpy import save_file
 
 from jaxhead.errors import DataError, MissingWeightsError
@@ -116,19 +114,6 @@ def test_missing_and_malformed_files(tmp_path):
         pio.load_params(tmp_path / "m")
 
 
-@contextlib.contextmanager
-def _file_size_limit(nbytes: int):
-    """Writes past ``nbytes`` fail with EFBIG, as on a full disk (works as root too)."""
-    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    old = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, old)
-        signal.signal(signal.SIGXFSZ, old_sig)
-
-
 def _snapshot(d):
     return {f: (d / f).read_bytes() for f in sorted(os.listdir(d))}
 
@@ -138,7 +123,7 @@ def test_failed_save_keeps_the_earlier_model_and_removes_temp_files(tmp_path, mo
     pio.save_params(d, _params(0, n=1024), {"v": 1})
     before = _snapshot(d)
     # disk full while writing the parameters
-    with _file_size_limit(8192), pytest.raises(DataError, match="cannot write .*File too large"):
+    with disk_full(8192), pytest.raises(DataError, match="cannot write .*File too large"):
         pio.save_params(d, _params(1, n=65536), {"v": 2})
     assert _snapshot(d) == before
     # the config rename fails after the parameters were renamed: the old pair is restored
@@ -160,6 +145,6 @@ def test_failed_save_keeps_the_earlier_model_and_removes_temp_files(tmp_path, mo
 def test_write_text_atomic_keeps_old_file_on_failure(tmp_path):
     f = tmp_path / "a.json"
     pio.write_text_atomic(f, "old")
-    with _file_size_limit(16), pytest.raises(OSError):
+    with disk_full(16), pytest.raises(OSError):
         pio.write_text_atomic(f, "x" * 100)
     assert f.read_text() == "old" and os.listdir(tmp_path) == ["a.json"]
