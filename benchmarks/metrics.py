@@ -75,6 +75,19 @@ def _images(batch: int) -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 1, (batch, 299, 299, 3)).astype(np.float32)
 
 
+def _timed(call, repeats: int) -> tuple[float, list[float]]:
+    """(first call s, timed calls s) of ``call()`` after which results are blocked on."""
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return first, times
+
+
 def jax_worker(spec: dict) -> dict:
     import jax
 
@@ -86,13 +99,8 @@ def jax_worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     compiled = fn.lower(params, x).compile()
     compile_s = time.perf_counter() - t0
-    out = jax.block_until_ready(compiled(params, x))  # warm-up
-    times = []
-    for _ in range(spec["repeats"]):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(params, x))
-        times.append(time.perf_counter() - t0)
-    assert np.isfinite(np.asarray(out)).all()
+    _, times = _timed(lambda: jax.block_until_ready(compiled(params, x)), spec["repeats"])
+    assert np.isfinite(np.asarray(compiled(params, x))).all()
     return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
                 peak_rss_mb=_peak_mb())
 
@@ -106,15 +114,8 @@ def torch_worker(spec: dict) -> dict:
     model = torch_model(seeded_state_dict())
     x = torch.from_numpy(_images(spec["batch"]).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        t0 = time.perf_counter()
-        model(x)
-        first_s = time.perf_counter() - t0
-        times = []
-        for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
-            out = model(x)
-            times.append(time.perf_counter() - t0)
-    assert torch.isfinite(out).all()
+        first_s, times = _timed(lambda: model(x), spec["repeats"])
+        assert torch.isfinite(model(x)).all()
     return dict(compile_s=first_s, call_s=statistics.median(times), calls_s=times,
                 peak_rss_mb=_peak_mb(), torch_version=torch.__version__)
 
@@ -201,13 +202,8 @@ def clip_jax_worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     compiled = jax.jit(pixel_embeds).lower(params, x).compile()
     compile_s = time.perf_counter() - t0
-    out = jax.block_until_ready(compiled(params, x))  # warm-up
-    times = []
-    for _ in range(spec["repeats"]):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(params, x))
-        times.append(time.perf_counter() - t0)
-    assert np.isfinite(np.asarray(out)).all()
+    _, times = _timed(lambda: jax.block_until_ready(compiled(params, x)), spec["repeats"])
+    assert np.isfinite(np.asarray(compiled(params, x))).all()
     return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
                 peak_rss_mb=_peak_mb())
 
@@ -218,15 +214,8 @@ def clip_torch_worker(spec: dict) -> dict:
     _, embed = _torch_clip(spec["model"])
     x = torch.from_numpy(_pixels(spec["batch"]).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        t0 = time.perf_counter()
-        embed(x)
-        first_s = time.perf_counter() - t0
-        times = []
-        for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
-            out = embed(x)
-            times.append(time.perf_counter() - t0)
-    assert torch.isfinite(out).all()
+        first_s, times = _timed(lambda: embed(x), spec["repeats"])
+        assert torch.isfinite(embed(x)).all()
     return dict(compile_s=first_s, call_s=statistics.median(times), calls_s=times,
                 peak_rss_mb=_peak_mb(), torch_version=torch.__version__)
 
@@ -266,19 +255,6 @@ def clip_pair_worker(spec: dict) -> dict:
 def _faces(batch: int) -> np.ndarray:
     """Aligned faces as the networks take them: NHWC 112 px in [-1, 1]."""
     return np.random.default_rng(0).uniform(-1, 1, (batch, 112, 112, 3)).astype(np.float32)
-
-
-def _timed(call, repeats: int) -> tuple[float, list[float]]:
-    """(first call s, timed calls s) of ``call()`` after which results are blocked on."""
-    t0 = time.perf_counter()
-    call()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return first, times
 
 
 def face_export_worker(spec: dict) -> dict:
