@@ -177,6 +177,11 @@ def describe(models: Models, config) -> str:
     unet = getattr(t, "unet", None)
     teacher = (f"teacher UNet {unet.config.block_out_channels}" if unet is not None else
                f"teacher {type(t).__name__}")
+    if models.demo and config.demo_teacher == "gaussian":
+        return (f"{type(G).__name__} generator ({G.image_size} px, random weights); demo "
+                "teacher: the exact score of a Gaussian over latents centred on a green "
+                "palette (jaxhead/training/demo_teacher.py); views "
+                + ", ".join(v for v in VIEWS if config[v].enabled))
     return (f"{type(G).__name__} generator ({G.image_size} px); {teacher}, ControlNets "
             f"{list(t.controlnet_names)}; controls "
             + ", ".join(f"{v} {config[v].get('control', 'none')}" for v in VIEWS

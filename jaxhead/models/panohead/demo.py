@@ -67,14 +67,17 @@ def demo_params(G: PanoHead, seed: int = 0, params: dict | None = None) -> dict:
 
 
 def sculpt(params: dict, *, amplitude: float = 2.0, gain: float = 8.0,
-           offset: float = -6.0) -> dict:
+           offset: float = -6.0, colour_gain: float = 0.3) -> dict:
     """Give a random generator a solid blob to look at (for demos only).
 
     Routes a smooth 4x4 bump (the ``b4`` constant, up-sampled by the skip connections) into
     channel 0 of every plane and depth slice, and makes the decoder's density a steep
     function of that channel, so that the three planes' bumps add up to a closed, roughly
-    spherical object whose silhouette, texture and depth change as the camera turns. Every
-    other weight keeps its random value (texture, background).
+    spherical object whose silhouette, texture and depth change as the camera turns. The
+    higher blocks' ToRGBs do not write the density channel, so every identity gets the blob
+    (its colours and texture differ); the colour outputs (raw and SR ToRGBs) are scaled by
+    ``colour_gain`` with zero biases, so that images lie about in [-1, 1]. Every other
+    weight keeps its random value (texture, background).
     """
     p = jax.tree.map(lambda x: x, params)
     b4 = p["params"]["backbone"]["synthesis"]["b4"]
@@ -94,6 +97,14 @@ def sculpt(params: dict, *, amplitude: float = 2.0, gain: float = 8.0,
     tw[0, 0, 0, sigma_ch] = np.sqrt(c)  # ToRGB styles are 1/sqrt(c) with zero affine weights
     b4["torgb"]["weight"] = jnp.asarray(tw)
     b4["torgb"]["bias"] = b4["torgb"]["bias"].at[sigma_ch].set(0.0)
+    syn = p["params"]["backbone"]["synthesis"]
+    for name, block in syn.items():
+        if name != "b4" and "torgb" in block:
+            block["torgb"]["weight"] = block["torgb"]["weight"].at[..., sigma_ch].set(0.0)
+    for t in (p["params"]["torgb"], *(blk["torgb"] for blk in
+                                       p["params"]["superresolution"].values())):
+        t["weight"] = t["weight"] * colour_gain
+        t["bias"] = jnp.zeros_like(t["bias"])
     dec = p["params"]["decoder"]
     w0 = np.array(dec["net_0"]["weight"])
     w0[0] = 0.0
