@@ -8,7 +8,8 @@ random weights built in code; single view + mirror + 2x2 grid (before SR, render
 control since no Depth Anything weights are used), Tweedie, LPIPS(alex) and LDIS terms: the
 paper's step.
 ``full_single`` / ``full_grid``: the same with only the single-view (+ mirror, Tweedie) or only
-the grid score, for machines where the whole step does not fit.
+the grid score; ``full_onepass``: the paper step with ``split_backward=False`` (one backward
+pass over both views, as before: about 25.5 GiB in fp32).
 Each configuration runs in its own subprocess; peak = process max RSS (CPU) or the device's
 peak bytes in use (GPU). Compile = lower + compile of the jitted step.
 """
@@ -17,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
 
-def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = False) -> dict:
+def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = False,
+            devices: int = 1, shard_teacher: bool = False) -> dict:
     import jax
 
     from configs import demo, pixar
@@ -40,7 +43,12 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
         c.grid.enabled = False
     elif name == "full_grid":  # the 2x2-grid half (before the SR)
         c.single.enabled = False
+    elif name == "full_onepass":  # the paper step with one backward pass over both views
+        c.split_backward = False
     c.models.teacher_dtype = teacher_dtype
+    if devices > 1:  # one identity per device
+        c.batch_size = c.num_devices = devices
+    c.models.shard_teacher = shard_teacher
     c = validate_config(c)
     t0 = time.perf_counter()
     models, frozen = demo_models(c, size="demo" if name == "demo" else "full")
@@ -50,8 +58,11 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
     state = init_state(models, frozen, c, opt)
     st_sh = state_shardings(c, models, frozen, opt, mesh)
     rep = sharding.replicated(mesh)
-    step = jax.jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt),
-                   in_shardings=(st_sh, jax.tree.map(lambda _: rep, frozen)),
+    frozen = sharding.place_frozen(frozen, mesh, c)
+    state = jax.device_put(state, st_sh)
+    step = jax.jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt,
+                                           mesh=mesh if devices > 1 else None),
+                   in_shardings=(st_sh, jax.tree.map(lambda x: x.sharding, frozen)),
                    out_shardings=(st_sh, rep), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen).compile()
@@ -68,7 +79,9 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
     peak = (stats or {}).get("peak_bytes_in_use") or \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     n_params = sum(x.size for x in jax.tree.leaves(frozen))
-    return {"config": name, "dtype": teacher_dtype, "build_s": t_build, "compile_s": t_compile,
+    return {"config": name + (f" x{devices}" if devices > 1 else "")
+            + (" shard" if shard_teacher else ""), "dtype": teacher_dtype, "build_s": t_build,
+            "compile_s": t_compile,
             "step_s": min(times) if times else float("nan"), "steps": times,
             "peak_bytes": peak,
             "peak_kind": "device" if stats else "RSS", "device": dev.device_kind,
@@ -85,29 +98,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile-only", action="store_true",
                     help="lower + compile and report XLA's memory plan without running (for "
                          "configurations that do not fit in memory)")
+    ap.add_argument("--devices", type=int, default=1,
+                    help="devices on the data axis, one identity each (CPU: fake devices via "
+                         "XLA_FLAGS); XLA's plan is then per device")
+    ap.add_argument("--shard-teacher", action="store_true",
+                    help="shard the frozen teacher's large tensors across the devices")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
         print(json.dumps(measure(args._child, args.steps, args.teacher_dtype,
-                                 args.compile_only)))
+                                 args.compile_only, args.devices, args.shard_teacher)))
         return 0
     rows = []
     for name in args.configs.split(","):
+        env = dict(os.environ)
+        if args.devices > 1:  # CPU: fake devices (no effect on GPU / TPU devices)
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                                f"device_count={args.devices}").strip()
         out = subprocess.run([sys.executable, "-m", "benchmarks.train_step", "--steps",
                               str(args.steps), "--teacher-dtype", args.teacher_dtype,
-                              "--_child", name] + (["--compile-only"] if args.compile_only
-                                                   else []),
-                             capture_output=True, text=True, check=False)
+                              "--devices", str(args.devices), "--_child", name]
+                             + (["--compile-only"] if args.compile_only else [])
+                             + (["--shard-teacher"] if args.shard_teacher else []),
+                             capture_output=True, text=True, check=False, env=env)
         if out.returncode != 0:
             print(f"{name}: failed (exit {out.returncode})\n{out.stderr[-3000:]}",
                   file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gib = 2.0 ** 30
-    print(f"{'config':<12}{'dtype':<10}{'build s':>9}{'compile s':>11}{'s/step':>9}"
+    print(f"{'config':<22}{'dtype':<10}{'build s':>9}{'compile s':>11}{'s/step':>9}"
           f"{'XLA args GiB':>14}{'XLA temp GiB':>14}{'peak GiB':>10}  device")
     for r in rows:
-        print(f"{r['config']:<12}{r['dtype']:<10}{r['build_s']:>9.1f}{r['compile_s']:>11.1f}"
+        print(f"{r['config']:<22}{r['dtype']:<10}{r['build_s']:>9.1f}{r['compile_s']:>11.1f}"
               f"{r['step_s']:>9.1f}{(r['arg_bytes'] or 0) / gib:>14.2f}"
               f"{(r['temp_bytes'] or 0) / gib:>14.2f}"
               f"{r['peak_bytes'] / gib:>10.2f}  {r['device']} ({r['peak_kind']}); "

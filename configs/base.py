@@ -115,11 +115,19 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- memory
     c.remat = True  # recompute renders / VAE encoder activations in the backward pass
+    # one backward pass per view (single + mirror, then grid), their gradients summed (as the
+    # official code backpropagates its two losses separately): only one view's activations are
+    # live at a time; same update to fp32 round-off
+    c.split_backward = True
 
     # --- sharding / multi-host
     c.mesh_axis = "data"
     c.num_devices = 0  # devices on the data axis (0: as many as split batch_size evenly)
-    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    c.distributed = False  # call jax.distributed.initialize() (multi-host; README "Many hosts")
+    # where the processes meet; unset (""/0/-1): auto-detected on SLURM, Open MPI, TPU pods
+    c.coordinator_address = ""  # "host:port" of process 0
+    c.num_processes = 0
+    c.process_id = -1
 
     # --- logging
     c.log_every = 10

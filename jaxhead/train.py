@@ -28,6 +28,7 @@ from jaxhead.training.config import validate_config
 from jaxhead.training.logging import MetricWriter, save_png, to_uint8
 from jaxhead.training.models import Models, build_models, describe
 from jaxhead.training.optim import make_optimizer, merge
+from jaxhead.training.sampling import conditioning_ws
 from jaxhead.training.step import init_state, train_step
 from jaxhead.training.terms import enabled_terms
 from jaxhead.training.workdir import check_resume, truncate_metrics
@@ -95,10 +96,11 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     workdir = Path(workdir or config.workdir)
     config = validate_config(config)
     check_resume(workdir, config)  # before anything is written
-    if config.distributed:
-        jax.distributed.initialize()
+    start_distributed(config)
+    is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     if built is None:
         built = build(config)
     models, frozen, step_fn = built.models, built.frozen, built.step
@@ -108,7 +110,6 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     if restored is not None:
         state = restored
     start = int(jax.device_get(state.step))
-    is_main = jax.process_index() == 0
     writer = None
     if is_main:
         truncate_metrics(workdir, start)  # steps logged after the checkpoint are re-run
@@ -147,19 +148,32 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
                 f"{'none' if last is None else f'step {last}'} in {workdir / 'checkpoints'}). "
                 "Lower optimizer.lr, check the teacher and weights, or raise "
                 "max_skipped_steps")
-        if is_main and config.preview_every > 0 and (s % config.preview_every == 0
-                                                     or s == config.steps):
+        if config.preview_every > 0 and (s % config.preview_every == 0 or s == config.steps):
             if preview_fn is None:
                 from jaxhead.training.preview import make_preview_fn
 
                 preview_fn = make_preview_fn(models, config, config.preview_identities,
                                              config.seed)
-            write_previews(workdir, s, preview_fn(state.params, frozen))
+            # every process runs the (global) preview computation; process 0 writes it
+            p = fetch_global(preview_fn(state.params, frozen))
+            if is_main:
+                write_previews(workdir, s, p)
         if s % config.checkpoint_every == 0 or s == config.steps:
             checkpoint.save(mgr, state)  # finite: non-finite updates are never applied
     bar.close()
     summary = {"step": int(jax.device_get(state.step)), "metrics": metrics,
                "workdir": str(workdir), "state": state}
+    if models.demo and config.demo_teacher == "gaussian":
+        from jaxhead.training.demo_teacher import palette_rgb, toward_palette
+
+        before, after = demo_restyle(models, config, frozen, state.params)
+        summary["head_colours"] = (before, after)
+        if is_main:
+            rgb = lambda x: "(" + ", ".join(f"{v:+.2f}" for v in x) + ")"  # noqa: E731
+            print(f"jaxhead.train: demo teacher: the preview heads' mean colour (RGB in [-1, 1], "
+                  f"front, sides, back) {rgb(before.mean((0, 1)))} -> "
+                  f"{rgb(after.mean((0, 1)))}, palette {rgb(palette_rgb())}: "
+                  f"{np.mean(toward_palette(before, after)):.0%} of the way")
     if is_main:
         gen_dir = export_generator(workdir / "generator", models, frozen, state.params, config)
         summary["generator"] = str(gen_dir)
@@ -167,6 +181,40 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
             summary["turntables"] = final_turntables(workdir, gen_dir, config)
         writer.close()
     return summary
+
+
+def demo_restyle(models: Models, config, frozen, trainable) -> tuple[np.ndarray, np.ndarray]:
+    """The demo teacher's visible effect: the preview identities' mean colours
+    ``[N, views, 3]``, frozen and stylized (:func:`jaxhead.training.demo_teacher.head_colours`)."""
+    from jaxhead.training.demo_teacher import head_colours
+
+    G = models.G
+    z = jax.random.normal(jax.random.key(config.seed + 12345),  # the preview identities
+                          (config.preview_identities, G.z_dim))
+    fn = jax.jit(lambda tr, fr: head_colours(G, fr, merge(fr, tr),
+                                             conditioning_ws(G, config, fr, z)))
+    before, after = fetch_global(fn(trainable, frozen["generator"]))
+    return np.asarray(before), np.asarray(after)
+
+
+def start_distributed(config) -> None:
+    """``jax.distributed.initialize`` with the config's coordinator, process count and id
+    (unset ones auto-detected: SLURM, Open MPI, TPU pods), once per process."""
+    if not config.distributed or jax.distributed.is_initialized():
+        return
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address or None,
+        num_processes=config.num_processes or None,
+        process_id=config.process_id if config.process_id >= 0 else None)
+
+
+def fetch_global(tree: Any) -> Any:
+    """Host copies of (possibly multi-process) arrays; a collective: call on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def write_previews(workdir: Path, step: int, p: dict[str, Any]) -> None:

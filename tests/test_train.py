@@ -63,6 +63,7 @@ def _micro(**over):
     """Grid-only demo config (no 512 px SR in the step): the cheap variant for the tests that
     need several runs."""
     c = demo.get_config()
+    c.demo_teacher = "random_sd"  # the real teacher path (random-weight SD stack)
     c.single.enabled = False
     c.final_turntable_identities = 0
     c.preview_every = 0
@@ -81,6 +82,7 @@ def demo_run(tmp_path_factory):
     """The demo pipeline end to end (single view + mirror + grid), 2 steps on a fixed batch
     with the pure distillation objective (no Tweedie / LDIS terms)."""
     c = demo.get_config()
+    c.demo_teacher = "random_sd"  # the real teacher path (random-weight SD stack)
     c.steps = 2
     c.fixed_batch = True
     # every term of the step is on (the bitwise reference covers them), the extra terms at
@@ -89,6 +91,8 @@ def demo_run(tmp_path_factory):
     c.ldis_weight = 1e-6
     c.final_turntable_frames = 8
     c.lpips_weight = 1e-6  # LPIPS(alex) with random weights in the step (negligible weight)
+    c.split_backward = False  # the recorded reference is the one-pass step (see the test of
+    #                           split_backward for the equality of the two)
     # Adam's first steps move every parameter by about lr whatever its gradient, so the
     # first-order decrease of the surrogate holds only for small steps: one step of lr 1e-5 /
     # 1e-4 / 1e-3 takes it from -3.9e-4 to -6.4e-4 / -6.2e-4 / -2.1e-4 on this batch.
@@ -168,6 +172,40 @@ def test_demo_steps_match_the_recorded_reference(demo_run):
     bitwise the parameters recorded before the trainer's refactor."""
     _, _, _, summary, wd = demo_run
     _check_reference("demo", summary, wd)
+
+
+def test_split_backward_gives_the_one_pass_gradient(demo_run):
+    """``split_backward`` (one backward pass per view, summed; the default) gives the demo's
+    one-pass gradient to fp32 round-off, and the same loss terms and term state."""
+    import optax
+
+    from jaxhead.training.config import validate_config
+
+    c, built, state0, _, _ = demo_run
+    sgd = optax.sgd(1.0)  # the update is minus the gradient
+    state = state0.replace(opt_state=sgd.init(state0.params))
+    out = {}
+    for split in (False, True):
+        cfg = validate_config(c.copy_and_resolve_references())
+        cfg = cfg.as_configdict()
+        cfg.split_backward = split
+        cfg = validate_config(cfg)
+        fn = jax.jit(lambda st, fr, cfg=cfg: step_lib.train_step(
+            st, fr, models=built.models, config=cfg, optimizer=sgd))
+        new, m = fn(state, built.frozen)
+        out[split] = jax.device_get((new.params, new.term_state, m))
+    (p0, ts0, m0), (p1, ts1, m1) = out[False], out[True]
+    g0 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p0, state0.params)
+    g1 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p1, state0.params)
+    scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(g0))
+    assert scale > 0
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5 * scale, rtol=0)
+    assert set(m0) == set(m1)
+    for k in ("ld_single", "ld_grid", "tweedie", "lpips", "ldis"):
+        assert m1[k] == pytest.approx(m0[k], rel=1e-5, abs=1e-9), k
+    for a, b in zip(jax.tree.leaves(ts0), jax.tree.leaves(ts1), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -302,22 +340,65 @@ def test_workdir_with_a_different_config_is_refused_before_anything_is_written(t
     check_resume(tmp_path, validate_config(c))  # harmless fields may change
 
 
-def test_sharded_step_matches_single_device():
-    """4 CPU devices, identities split over the data axis: same update as one device."""
+def test_fields_added_after_a_run_resume_at_their_default(tmp_path):
+    """A workdir saved before a config field existed resumes when the field holds its
+    default; set to anything else, the field is a change like any other."""
+    from jaxhead.errors import UsageError
+    from jaxhead.training.config import validate_config
+    from jaxhead.training.workdir import check_resume
+
+    c = demo.get_config()
+    saved = json.loads(validate_config(c).to_json_best_effort())
+    del saved["tweedie_weight"]  # as written by a version without the field
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_resume(tmp_path, validate_config(c))
+    c.tweedie_weight = 0.3  # the "new" field away from its default: a change
+    with pytest.raises(UsageError, match="tweedie_weight"):
+        check_resume(tmp_path, validate_config(c))
+    c.tweedie_weight = 0.1
+    c.ldis_weight = 0.5  # a field the saved run has: refused as before
+    with pytest.raises(UsageError, match="ldis_weight"):
+        check_resume(tmp_path, validate_config(c))
+    c = demo.get_config()
+    c.coordinator_address = "host0:1234"  # new and resumable anyway
+    c.preview_identities = 1
+    check_resume(tmp_path, validate_config(c))
+    saved["demo_teacher"] = "random_sd"
+    del saved["coordinator_address"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(UsageError, match="demo_teacher"):
+        check_resume(tmp_path, validate_config(demo.get_config()))
+
+
+SHARDED = {"batch_size": 4, "optimizer.name": "sgd", "optimizer.lr": 1.0}
+
+
+@pytest.fixture(scope="module")
+def sharded_steps():
+    """One SGD (lr 1) step of the grid-only config with 4 identities on 1 and on 4 devices:
+    ``{n: (params, metrics, initial params)}``."""
     if jax.device_count() < 4:
         pytest.skip("needs 4 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
     out = {}
     for n in (1, 4):
-        c = _micro(batch_size=4, num_devices=n, **{"optimizer.name": "sgd",
-                                                    "optimizer.lr": 1.0})
-        b = train.build(c)
+        b = train.build(_micro(num_devices=n, **SHARDED))
         state, m = b.step(b.init(), b.frozen)
         if n == 4:
             sh = state.term_state["ldis"].prev.sharding
             assert sh.spec[0] == "data" and len(sh.device_set) == 4
         out[n] = (jax.device_get(state.params), {k: float(v) for k, v in m.items()},
-                  jax.device_get(b.init().params))
-    (p1, m1, init1), (p4, m4, _) = out[1], out[4]
+                  jax.device_get(b.init().params), jax.device_get(b.frozen["generator"]))
+    return out
+
+
+def _max_err(a, b) -> float:
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def test_sharded_step_matches_single_device(sharded_steps):
+    """4 CPU devices, identities split over the data axis: same update as one device."""
+    (p1, m1, init1, _), (p4, m4, _, _) = sharded_steps[1], sharded_steps[4]
     for k in ("ld_grid", "ldis"):
         assert m1[k] == pytest.approx(m4[k], rel=1e-3), k
     # SGD with lr 1: the update is the gradient itself
@@ -325,9 +406,65 @@ def test_sharded_step_matches_single_device():
     g4 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p4, init1)
     scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(g1))
     assert scale > 0
-    err = max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(g1),
-                                                        jax.tree.leaves(g4), strict=True))
+    err = _max_err(g1, g4)
     assert err <= 2e-3 * scale, (err, scale)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, sharded_steps):
+    """The train CLI as 2 processes x 2 CPU devices (``jax.distributed`` over localhost, gloo
+    collectives), one identity per device: the exported generator equals the single-process
+    4-device step's, and the workdir is written once (process 0)."""
+    import subprocess
+    import sys
+
+    from jaxhead.generators import load_generator
+    from jaxhead.training.optim import merge
+
+    wd = tmp_path / "mh"
+    port = _free_port()
+    flags = ["--config", "configs/demo.py", "--config.demo_teacher=random_sd",
+             "--config.single.enabled=False",
+             "--config.final_turntable_identities=0", "--config.preview_every=1",
+             "--config.steps=1", "--config.compilation_cache=", f"--config.workdir={wd}",
+             "--config.distributed=True", f"--config.coordinator_address=localhost:{port}",
+             "--config.num_processes=2"]
+    flags += [f"--config.{k}={v}" for k, v in SHARDED.items()]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxhead.train", *flags,
+                               f"--config.process_id={i}"], cwd=root, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = []
+    for pr in procs:
+        try:
+            outs.append(pr.communicate(timeout=900)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for pr, out in zip(procs, outs, strict=True):
+        assert pr.returncode == 0, out[-3000:]
+    assert "4 device(s)" in outs[0] and "4 device(s)" not in outs[1]  # process 0 reports
+    assert len((wd / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in (wd / "previews").iterdir()) == [
+        "000001_grid.png", "000001_views.png"]
+    _, params = load_generator(wd / "generator")
+    p4, _, init, frozen_g = sharded_steps[4]
+    want = merge(frozen_g, p4)
+    scale = _max_err(p4, init)
+    err = _max_err(params, want)
+    assert err <= 1e-5 * scale, (err, scale)
 
 
 def test_config_errors_before_compute(tmp_path):
@@ -409,3 +546,33 @@ def test_missing_control_weights_stop_the_run(tmp_path):
     params_io.save_params(tmp_path / "da", {"w": np.zeros(1, np.float32)}, {"model": "x"})
     c.grid.control = "depth_anything"
     assert "depth_anything" not in "\n".join(missing_weights(c))
+
+
+@pytest.mark.slow
+def test_demo_as_shipped_visibly_restyles_every_head_and_view(tmp_path):
+    """``configs/demo.py`` as a newcomer runs it (the analytic Gaussian demo teacher, single
+    view + mirror + grid, rank weighting), half its steps: every head's colour moves most of
+    the way towards the palette in every view (front, sides, back), and the run reports it."""
+    from jaxhead.training.demo_teacher import head_colours, palette_rgb, toward_palette
+    from jaxhead.training.optim import merge
+    from jaxhead.training.sampling import conditioning_ws
+
+    c = demo.get_config()
+    assert c.demo_teacher == "gaussian"
+    c.steps //= 2
+    c.final_turntable_identities = 0
+    c.preview_every = 0
+    built = train.build(c)
+    summary = train.train_and_evaluate(c, tmp_path, progress=False, built=built)
+    before, after = summary["head_colours"]
+    assert before.shape == (c.preview_identities, 4, 3)
+    G, fg = built.models.G, built.frozen["generator"]
+    z = jax.random.normal(jax.random.key(7), (3, G.z_dim))  # identities other than the run's
+    c0, c1 = jax.device_get(jax.jit(lambda tr: head_colours(
+        G, fg, merge(fg, tr), conditioning_ws(G, built.config, fg, z)))(
+            summary["state"].params))
+    for b, a in ((before, after), (np.asarray(c0), np.asarray(c1))):
+        assert np.all(toward_palette(b, a) > 0.4), (b, a)  # every identity, every view
+        # the green of the palette: the heads become greener than they were
+        assert np.all(a[..., 1] - b[..., 1] > 0.2), (b, a)
+    assert palette_rgb()[1] > 0.3

@@ -67,6 +67,12 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
     if config.num_devices < 0:
         errs.append(f"num_devices must be >= 0 (0: as many as split the batch), got "
                     f"{config.num_devices}")
+    if config.num_processes < 0:
+        errs.append(f"num_processes must be >= 0 (0: auto-detect), got {config.num_processes}")
+    elif config.process_id < -1 or config.num_processes and \
+            config.process_id >= config.num_processes:
+        errs.append(f"process_id={config.process_id} with num_processes="
+                    f"{config.num_processes} (ids are 0 .. num_processes - 1; -1: auto-detect)")
     if not 0.0 <= config.truncation_psi <= 1.0:
         errs.append(f"truncation_psi must be in [0, 1], got {config.truncation_psi}")
     if config.truncation_cutoff < 0:

@@ -14,7 +14,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def make_mesh(config) -> Mesh:
-    """1-D mesh over ``num_devices`` local devices (0: the most that split the batch)."""
+    """1-D mesh over ``num_devices`` devices (0: the most that split the batch); with several
+    processes, all devices of all processes."""
     devices = jax.devices()
     if not config.num_devices:
         n = max(d for d in range(1, len(devices) + 1) if config.batch_size % d == 0)
@@ -24,6 +25,12 @@ def make_mesh(config) -> Mesh:
             raise ValueError(f"num_devices={config.num_devices} but only {len(devices)} "
                              "devices are available")
         devices = devices[: config.num_devices]
+    if jax.process_count() > 1 and len(devices) != jax.device_count():
+        from jaxhead.errors import UsageError
+
+        raise UsageError(f"{jax.process_count()} processes: the mesh must use all "
+                         f"{jax.device_count()} devices (batch_size={config.batch_size} a "
+                         f"multiple of it, num_devices=0 or {jax.device_count()})")
     return Mesh(np.array(devices), (config.mesh_axis,))
 
 

@@ -9,6 +9,7 @@ generator copy, VAE, teacher, depth model and prompt embeddings. All randomness 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,15 +52,19 @@ def step_keys(state: TrainState, config) -> dict[str, Array]:
     return dict(zip(KEY_NAMES, jax.random.split(key, len(KEY_NAMES)), strict=True))
 
 
-def _encode(ctx: StepContext, images: list[Array]) -> list[Array]:
+def _encode(ctx: StepContext, images: list[Array], which: list[int] | None = None
+            ) -> list[Array]:
     """VAE latents of each view's images (with gradient): one pass over all of them, or one
-    checkpointed pass per view with ``remat``."""
+    checkpointed pass per view with ``remat``. ``which``: the views' indices among all enabled
+    views (a part of the step, see :func:`train_step`); each view keeps its own VAE key."""
     models, key = ctx.models, ctx.keys["vae"]
     encode = maybe_remat(lambda p, x, k: vae_lib.encode_latents(models.vae, p, x, k),
                          ctx.config.remat)
-    if ctx.config.remat:
-        ks = jax.random.split(key, len(images))
-        return [encode(ctx.frozen["vae"], im, k) for im, k in zip(images, ks, strict=True)]
+    if ctx.config.remat or which is not None:
+        ks = jax.random.split(key, len(enabled_views(ctx.config)))
+        which = range(len(images)) if which is None else which
+        return [encode(ctx.frozen["vae"], im, ks[i]) for im, i in zip(images, which,
+                                                                     strict=True)]
     latents = encode(ctx.frozen["vae"], jnp.concatenate(images), key)
     return jnp.split(latents, np.cumsum([len(im) for im in images])[:-1])
 
@@ -86,12 +91,16 @@ def _teacher(ctx: StepContext, rows: list[TeacherRows]):
 
 def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Mapping[str, Array],
                  *, models: Any, config: Any, mesh=None,
-                 perceptual_fn: Callable | None = None) -> tuple[Array, dict[str, Any]]:
+                 perceptual_fn: Callable | None = None,
+                 part: tuple[tuple[int, ...], bool] | None = None
+                 ) -> tuple[Array, dict[str, Any]]:
     """The scalar surrogate whose gradient is the distillation update, and auxiliaries
     (``terms``: each loss term; per view its injected gradient and latents; ``term_state``).
 
     ``perceptual_fn(x0_hat, render) -> [B]`` (both ``[B, H, W, 3]`` in [-1, 1]) replaces
-    LPIPS(alex) in the term weighted by ``lpips_weight``."""
+    LPIPS(alex) in the term weighted by ``lpips_weight``. ``part = (view indices, with the
+    stateful terms)`` restricts it to those views (and terms): the parts' gradients add up to
+    the whole step's (see ``split_backward`` in :func:`train_step`)."""
     G, c = models.G, config
     fparams = frozen["generator"]
     params = merge(fparams, trainable)
@@ -104,8 +113,10 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
     ctx = StepContext(models, c, frozen, params, ws, rep, rep_f, keys, perceptual_fn)
 
     views = enabled_views(c)
+    which, with_terms = (list(range(len(views))), True) if part is None else part
+    views = [views[i] for i in which]
     renders = [v.render(ctx) for v in views]
-    latents = _encode(ctx, [r["images"] for r in renders])
+    latents = _encode(ctx, [r["images"] for r in renders], None if part is None else which)
     rows = [v.rows(ctx, r, lat) for v, r, lat in zip(views, renders, latents, strict=True)]
     outs = _teacher(ctx, rows)
     terms: dict[str, Array] = {}
@@ -115,7 +126,7 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
         terms.update(t)
         aux.update(a)
     term_state = {}
-    for term in enabled_terms(c):
+    for term in enabled_terms(c) if with_terms else ():
         terms[term.name], term_state[term.name] = term(state.term_state[term.name], ctx)
     aux.update(terms=terms, term_state=term_state)
     return sum(terms.values()), aux
@@ -137,9 +148,20 @@ def train_step(state: TrainState, frozen: Params, *, models: Any, config: Any,
     optimizer and term states stay as they were (the step counter and so the PRNG stream move
     on) and the metric ``skipped`` is 1."""
     keys = step_keys(state, config)
-    grad_fn = jax.grad(loss_and_aux, has_aux=True)
-    grads, aux = grad_fn(state.params, state, frozen, keys, models=models, config=config,
-                         mesh=mesh, perceptual_fn=perceptual_fn)
+    grad_fn = functools.partial(jax.grad(loss_and_aux, has_aux=True), state=state,
+                                frozen=frozen, keys=keys, models=models, config=config,
+                                mesh=mesh, perceptual_fn=perceptual_fn)
+    n_views = len(enabled_views(config))
+    if not config.split_backward or n_views < 2:
+        grads, aux = grad_fn(state.params)
+    else:  # one backward pass per view, in sequence: only one view's activations are live
+        grads, aux, trainable = None, {"terms": {}}, state.params
+        for i in range(n_views):
+            if grads is not None:  # the next view's forward starts once this sum exists
+                trainable, grads = jax.lax.optimization_barrier((trainable, grads))
+            g, a = grad_fn(trainable, part=((i,), i == n_views - 1))
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            aux = {**aux, **a, "terms": {**aux["terms"], **a["terms"]}}
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ok = all_finite(grads) & all_finite(updates) & all_finite(aux["term_state"])

@@ -14,7 +14,8 @@ from jaxhead.errors import UsageError
 RESUMABLE_CHANGES = (
     "steps", "workdir", "log_every", "preview_every", "preview_identities",
     "checkpoint_every", "keep_checkpoints", "final_turntable_identities",
-    "final_turntable_frames", "distributed", "num_devices", "mesh_axis", "remat",
+    "final_turntable_frames", "distributed", "coordinator_address", "num_processes",
+    "process_id", "num_devices", "mesh_axis", "remat", "split_backward",
     "models.shard_teacher", "max_skipped_steps", "resume_changed", "compilation_cache",
 )
 
@@ -35,6 +36,13 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def _base_defaults() -> dict[str, Any]:
+    """Every field of ``configs/base.py`` with its default (JSON values), flattened."""
+    from configs import base
+
+    return _flat(json.loads(base.get_config().to_json_best_effort()))
+
+
 def check_resume(workdir: Path, config) -> None:
     """Refuse, before anything is written, to continue the run in ``workdir`` with a config
     that changes its trajectory (prompt, objective, optimizer, models, batch, ...). Fields in
@@ -49,8 +57,11 @@ def check_resume(workdir: Path, config) -> None:
                          "in this workdir") from None
     new = json.loads(config.to_json_best_effort())
     allowed = set(RESUMABLE_CHANGES) | set(config.resume_changed)
+    saved_keys, defaults = set(_flat(saved)), _base_defaults()
     refused = {k: v for k, v in config_changes(saved, new).items()
-               if not any(k == f or k.startswith(f + ".") for f in allowed)}
+               if not any(k == f or k.startswith(f + ".") for f in allowed)
+               # a field added to jaxhead after the run was saved, left at its default
+               and not (k not in saved_keys and k in defaults and defaults[k] == v[1])}
     if refused:
         lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
         raise UsageError(
