@@ -183,6 +183,11 @@ def generator_field(G) -> Field:
 
 
 @functools.lru_cache(maxsize=16)
+def _representation_fn(G, noise_mode: str):
+    return jax.jit(lambda params, ws: G.representation(params, ws, noise_mode=noise_mode))
+
+
+@functools.lru_cache(maxsize=16)
 def _color_fn(G):
     @jax.jit
     def colors(params, ws, rep, points):
@@ -215,7 +220,7 @@ def generator_mesh(G, params, ws: jax.Array, *, resolution: int = 256,
     (:func:`marching_cubes`), and with ``colors`` the generator's colour at the vertices."""
     if ws.shape[0] != 1:
         raise ValueError(f"one identity at a time: ws [1, num_ws, w_dim], got {ws.shape}")
-    rep = G.representation(params, ws, noise_mode=noise_mode)
+    rep = _representation_fn(G, noise_mode)(params, ws)
     grid = density_grid(generator_field(G), {"params": params, "ws": ws, "rep": rep},
                         resolution=resolution, box_size=G.box_size, chunk=chunk,
                         progress=progress)

@@ -16,6 +16,7 @@ RESUMABLE_CHANGES = (
     "checkpoint_every", "keep_checkpoints", "final_turntable_identities",
     "final_turntable_frames", "distributed", "num_devices", "mesh_axis", "remat",
     "models.shard_teacher", "max_skipped_steps", "resume_changed", "compilation_cache",
+    "preview_ws",
 )
 
 
