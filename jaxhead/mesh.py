@@ -117,13 +117,15 @@ def _store(out: np.ndarray, pending: tuple[int, jax.Array], bar: tqdm) -> None:
 def panohead_volume(grid: np.ndarray) -> np.ndarray:
     """PanoHead's marching-cubes input from a ``[x, y, z]`` grid: flipped on axis 0, borders
     of :func:`trim_voxels` set to -1000, transposed ``(2, 1, 0)`` -> contiguous float32."""
-    vol = np.array(grid[::-1], np.float32)  # copy: the caller's grid is left as it was
+    # one copy (the caller's grid is left as it was); trimming every face commutes with the
+    # flip and the transposition
+    vol = np.ascontiguousarray(grid[::-1].transpose(2, 1, 0), np.float32)
     p = trim_voxels(grid.shape[0])
     if p > 0:
         vol[:p] = vol[-p:] = TRIM_VALUE
         vol[:, :p] = vol[:, -p:] = TRIM_VALUE
         vol[:, :, :p] = vol[:, :, -p:] = TRIM_VALUE
-    return np.ascontiguousarray(vol.transpose(2, 1, 0))
+    return vol
 
 
 def panohead_to_world(vertices: np.ndarray, resolution: int, box_size: float) -> np.ndarray:
@@ -147,7 +149,8 @@ def marching_cubes(grid: np.ndarray, *, box_size: float, level: float = PANOHEAD
     vol = panohead_volume(grid)
     lo, hi = float(vol.min()), float(vol.max())
     if not lo < level < hi:
-        inner = grid[trim_voxels(grid.shape[0]):grid.shape[0] - trim_voxels(grid.shape[0])]
+        t, n = trim_voxels(grid.shape[0]), grid.shape[0]
+        inner = grid[t:n - t, t:n - t, t:n - t]
         raise DataError(f"no surface at density level {level:g}: inside the trimmed box the "
                         f"density lies in [{float(inner.min()):.4g}, {float(inner.max()):.4g}]"
                         " (choose a level in that range)")

@@ -209,3 +209,4 @@ def test_density_and_colour_match_the_official_point_query(fixtures_dir):
     print("density max-abs err", np.abs(sigma - ref_sigma).max(), "scale",
           np.abs(ref_sigma).max(), "| colour", np.abs(rgb - ref_rgb).max(), "scale",
           np.abs(ref_rgb).max())
+
