@@ -133,6 +133,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 10
     c.preview_every = 250  # 0: no previews
     c.preview_identities = 3
+    # previews follow inverted identities: a directory of <name>.npz files with 'w'
+    # [1, num_ws, w_dim] (jaxhead.invert's output, PanoHead's projected_w.npz layout), the first
+    # preview_identities by name (and final_turntable_identities for the final turntables);
+    # "" = seeded random identities
+    c.preview_ws = ""
     c.checkpoint_every = 250
     c.keep_checkpoints = 3
     c.final_turntable_identities = 3

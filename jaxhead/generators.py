@@ -32,6 +32,9 @@ class Generator3D(Protocol):
     z_dim: int  # latent size
     image_size: int  # side of the final (super-resolved) image, px
     camera_radius: float  # distance of the average camera from the pivot (world units)
+    num_ws: int  # rows of ws
+    w_dim: int  # width of each w
+    box_size: float  # side of the cube centred at the origin that holds the 3D content
 
     def mapping(self, params: Params, z: Array, c: Array, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None) -> Array:
@@ -56,6 +59,17 @@ class Generator3D(Protocol):
     def feature_planes(self, rep: Array) -> Array:
         """The representation as feature planes ``[N, H, W, P, C]`` (P planes of C channels),
         the layout the relative-distance (LDIS) term compares."""
+        ...
+
+    def density(self, params: Params, ws: Array, points: Array, *, rep: Array | None = None,
+                noise_mode: str = "const") -> Array:
+        """Density at world points ``[N, M, 3]`` -> ``[N, M]`` (the generator's raw density,
+        the quantity its shapes are extracted from); ``rep`` reuses :meth:`representation`."""
+        ...
+
+    def point_colors(self, params: Params, ws: Array, points: Array, *,
+                     rep: Array | None = None, noise_mode: str = "const") -> Array:
+        """Colour at world points ``[N, M, 3]`` -> ``[N, M, 3]`` in about [-1, 1]."""
         ...
 
     def save(self, directory: str | os.PathLike, params: Params,

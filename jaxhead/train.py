@@ -96,6 +96,11 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     workdir = Path(workdir or config.workdir)
     config = validate_config(config)
     check_resume(workdir, config)  # before anything is written
+    preview_ids = None  # inverted identities the previews follow (read before any write)
+    if config.preview_ws:
+        from jaxhead.training.preview import read_preview_ws
+
+        preview_ids = read_preview_ws(config)
     start_distributed(config)
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +109,10 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     if built is None:
         built = build(config)
     models, frozen, step_fn = built.models, built.frozen, built.step
+    if preview_ids is not None:  # each w fits the generator, before the first step
+        from jaxhead.training.preview import check_preview_ws
+
+        check_preview_ws(preview_ids, models.G, config)
     state = built.init()
     mgr = checkpoint.manager(workdir, config.keep_checkpoints)
     restored = checkpoint.restore_latest(mgr, state)
@@ -152,12 +161,19 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
             if preview_fn is None:
                 from jaxhead.training.preview import make_preview_fn
 
-                preview_fn = make_preview_fn(models, config, config.preview_identities,
-                                             config.seed)
+                if preview_ids is None:
+                    preview_fn = make_preview_fn(models, config, config.preview_identities,
+                                                 config.seed)
+                else:
+                    chosen = preview_ids[:config.preview_identities]
+                    preview_fn = make_preview_fn(
+                        models, config, len(chosen), config.seed,
+                        ws=np.concatenate([w for _, w in chosen]))
             # every process runs the (global) preview computation; process 0 writes it
             p = fetch_global(preview_fn(state.params, frozen))
             if is_main:
-                write_previews(workdir, s, p)
+                write_previews(workdir, s, p, None if preview_ids is None
+                               else [n for n, _ in preview_ids[:config.preview_identities]])
         if s % config.checkpoint_every == 0 or s == config.steps:
             checkpoint.save(mgr, state)  # finite: non-finite updates are never applied
     bar.close()
@@ -217,11 +233,12 @@ def fetch_global(tree: Any) -> Any:
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def write_previews(workdir: Path, step: int, p: dict[str, Any]) -> None:
+def write_previews(workdir: Path, step: int, p: dict[str, Any],
+                   names: list[str] | None = None) -> None:
     from jaxhead.training.preview import compose
 
     p = {k: to_uint8(np.asarray(v)) for k, v in jax.device_get(p).items()}
-    sheet, grid = compose(p)
+    sheet, grid = compose(p, names)
     save_png(workdir / "previews" / f"{step:06d}_views.png", sheet)
     save_png(workdir / "previews" / f"{step:06d}_grid.png", grid)
 
@@ -236,11 +253,17 @@ def export_generator(out_dir: Path, models: Models, frozen, trainable, config) -
 
 def final_turntables(workdir: Path, gen_dir: Path, config) -> list[str]:
     from jaxhead import render
+    from jaxhead.latents import ws_files
 
     out = workdir / "turntables"
-    seeds = ",".join(str(i) for i in range(config.final_turntable_identities))
     frames = max(8, int(config.final_turntable_frames) // 8 * 8)
-    render.main(["--generator", str(gen_dir), "--seeds", seeds, "--out", str(out),
+    if config.preview_ws:  # the inverted identities the previews showed
+        ids = []
+        for f in ws_files(config.preview_ws)[:config.final_turntable_identities]:
+            ids += ["--ws", str(f)]
+    else:
+        ids = ["--seeds", ",".join(str(i) for i in range(config.final_turntable_identities))]
+    render.main(["--generator", str(gen_dir), *ids, "--out", str(out),
                  "--frames", str(frames), "--psi", str(config.truncation_psi)])
     return sorted(str(p) for p in out.glob("*"))
 

@@ -8,6 +8,7 @@ controls, optimizers), so registering a new one makes it valid. The validated co
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -60,6 +61,9 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
         errs.append("prompt is empty (use a style config, or --config.prompt='...')")
     if config.preview_every < 0:
         errs.append("preview_every must be >= 0 (0 disables previews)")
+    if config.preview_ws and not Path(config.preview_ws).exists():
+        errs.append(f"preview_ws={config.preview_ws!r} does not exist (a directory of "
+                    "<name>.npz files with 'w' [1, num_ws, w_dim])")
     for key in ("steps", "batch_size", "log_every", "checkpoint_every",
                 "keep_checkpoints", "num_inference_steps", "max_skipped_steps"):
         if int(get(config, key)) < 1:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxhead import camera, losses
+from jaxhead.latents import check_fit, read_ws, ws_files
 from jaxhead.ops.resize import resize_bilinear
 from jaxhead.training.controls import renderer_depth_control
 from jaxhead.training.models import Models
@@ -21,10 +23,30 @@ PREVIEW_YAWS = (0.0, math.pi / 2, math.pi)  # front, side, back
 GRID_YAWS = (0.0, math.pi / 2, math.pi, -math.pi / 2)
 
 
-def make_preview_fn(models: Models, config, num_ids: int, seed: int):
-    """jitted ``(trainable, frozen) -> dict`` of uint8-ready images (values in [-1, 1])."""
+def read_preview_ws(config) -> list[tuple[str, np.ndarray]] | None:
+    """The inverted identities of ``config.preview_ws`` (``[(name, w [1, num_ws, w_dim])]``,
+    every ``.npz`` file by name) or None; a missing, empty or unreadable directory or file
+    raises :class:`jaxhead.errors.DataError` naming it."""
+    if not config.preview_ws:
+        return None
+    return [(q.stem, read_ws(q)) for q in ws_files(config.preview_ws)]
+
+
+def check_preview_ws(items: list[tuple[str, np.ndarray]], G, config) -> None:
+    """Each preview ``w`` fits the generator (:func:`jaxhead.latents.check_fit`)."""
+    for name, w in items:
+        check_fit(w, G.num_ws, G.w_dim, where=f"{Path(config.preview_ws) / name}.npz")
+
+
+def make_preview_fn(models: Models, config, num_ids: int, seed: int,
+                    ws: np.ndarray | None = None):
+    """jitted ``(trainable, frozen) -> dict`` of uint8-ready images (values in [-1, 1]).
+
+    ``ws [num_ids, num_ws, w_dim]``: fixed identities (inverted photos) instead of
+    ``num_ids`` seeded ones mapped with the training's conditioning and truncation."""
     G = models.G
     z = jax.random.normal(jax.random.key(seed + 12345), (num_ids, G.z_dim))
+    fixed = None if ws is None else jnp.asarray(ws, jnp.float32)
     r = G.camera_radius
     c = camera.make_camera(jnp.asarray(PREVIEW_YAWS), jnp.zeros(len(PREVIEW_YAWS)), radius=r)
     cg = camera.make_camera(jnp.asarray(GRID_YAWS), jnp.full(4, 0.1), radius=r)
@@ -38,7 +60,7 @@ def make_preview_fn(models: Models, config, num_ids: int, seed: int):
     def preview(trainable: Any, frozen: Any) -> dict[str, jax.Array]:
         fparams = frozen["generator"]
         params = merge(fparams, trainable)
-        ws = conditioning_ws(G, config, fparams, z)
+        ws = conditioning_ws(G, config, fparams, z) if fixed is None else fixed
         nv = len(PREVIEW_YAWS)
         wsr = jnp.repeat(ws, nv, axis=0)
         cr = jnp.tile(c, (num_ids, 1))
@@ -80,11 +102,13 @@ def _deg(yaw: float) -> str:
     return f"yaw {round(math.degrees(yaw)):+d}°"
 
 
-def compose(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def compose(p: dict[str, np.ndarray], names: list[str] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 previews -> (identities sheet, grid sheet), both labelled.
 
     Sheet: a header row naming each column's yaw; per identity two rows, ``frozen`` (the
-    generator before training) and ``stylized``, named in a left column. Grid sheet: the
+    generator before training) and ``stylized``, named in a left column (``names[i]``, by
+    default ``id i``). Grid sheet: the
     stylized 2x2 grid of identity 0 (each tile's yaw written on it) next to the frozen
     renderer's depth (the grid's depth control when ``grid.control=renderer_depth``)."""
     n_ids, nv, size = p["before"].shape[:3]
@@ -93,7 +117,8 @@ def compose(p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
                         [(label_w + j * size, _deg(y)) for j, y in enumerate(PREVIEW_YAWS)])]
     for i in range(n_ids):
         for name, imgs in (("frozen", p["before"][i]), ("stylized", p["after"][i])):
-            rows.append(np.concatenate([_left_label(size, label_w, f"id {i}", name), *imgs],
+            label = names[i] if names else f"id {i}"
+            rows.append(np.concatenate([_left_label(size, label_w, label, name), *imgs],
                                        axis=1))
     sheet = np.concatenate(rows, axis=0)
     g, c = p["grid"], p["grid_control"]

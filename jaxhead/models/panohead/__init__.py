@@ -55,6 +55,15 @@ class PanoHead:
     def camera_radius(self) -> float:
         return self.config.avg_camera_radius
 
+    @property
+    def w_dim(self) -> int:
+        return self.config.w_dim
+
+    @property
+    def box_size(self) -> float:
+        """Side of the cube (centred at the origin) the tri-grid spans: ``box_warp``."""
+        return self.config.box_warp
+
     def representation(self, params: Params, ws: jax.Array, *, noise_mode: str = "const",
                        rng: jax.Array | None = None) -> jax.Array:
         """The tri-grid planes ``[N, T, T, 96 * depth]`` (:meth:`planes`)."""
@@ -72,6 +81,26 @@ class PanoHead:
     def feature_planes(self, rep: jax.Array) -> jax.Array:
         """Planes ``[N, T, T, 3 * C]`` -> ``[N, T, T, 3, C]`` (C = 32 * depth)."""
         return rep.reshape(rep.shape[:3] + (3, rep.shape[-1] // 3))
+
+    def density(self, params: Params, ws: jax.Array, points: jax.Array, *,
+                rep: jax.Array | None = None, noise_mode: str = "const") -> jax.Array:
+        """Raw density σ (the decoder's output 0: no softplus, no tri-plane crop, as the
+        official ``G.sample``) at world points ``[N, M, 3]`` -> ``[N, M]``. ``rep``: the
+        precomputed planes of ``ws`` (:meth:`representation`), else computed here."""
+        rep = self.representation(params, ws, noise_mode=noise_mode) if rep is None else rep
+        sigma, _ = self.module.apply(params, rep, ws, points,
+                                     method=TriPlaneGenerator.sample_points)
+        return sigma
+
+    def point_colors(self, params: Params, ws: jax.Array, points: jax.Array, *,
+                     rep: jax.Array | None = None, noise_mode: str = "const") -> jax.Array:
+        """Colour at world points ``[N, M, 3]`` -> ``[N, M, 3]`` (about [-1, 1]): the
+        decoder's features through the raw ToRGB at ``ws[:, -1]``, as the raw image makes
+        them from composited features."""
+        rep = self.representation(params, ws, noise_mode=noise_mode) if rep is None else rep
+        _, rgb = self.module.apply(params, rep, ws, points, colors=True,
+                                   method=TriPlaneGenerator.sample_points)
+        return rgb
 
     def save(self, directory: str | os.PathLike, params: Params,
              extra: dict[str, Any] | None = None) -> None:

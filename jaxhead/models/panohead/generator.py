@@ -263,6 +263,28 @@ class TriPlaneGenerator(nn.Module):
                                                 cfg.superresolution_noise_mode)
         return out
 
+    def sample_points(self, planes: jax.Array, ws: jax.Array, points: jax.Array, *,
+                      colors: bool = False) -> tuple[jax.Array, jax.Array | None]:
+        """Raw decoder density and (optionally) colour at world points, as the official
+        ``TriPlaneGenerator.sample_mixed`` (``run_model``: no softplus, no tri-plane crop).
+
+        planes ``[N, T, T, 96 * depth]``, ws ``[N, num_ws, w_dim]``, points ``[N, M, 3]`` ->
+        (sigma ``[N, M]``, rgb ``[N, M, 3]`` through the raw ToRGB at ``ws[:, -1]`` (about
+        [-1, 1]) or None)."""
+        cfg = self.cfg
+        volumes = renderer.planes_to_volumes(planes, cfg.triplane_depth)
+        feats = renderer.sample_from_planes(volumes, points, cfg.box_warp).mean(axis=1)
+        feat, sigma = self.decoder(feats)
+        if not colors:
+            return sigma[..., 0], None
+        if cfg.decoder_activation == "sigmoid":
+            feat = feat * 2 - 1
+        if cfg.use_torgb_raw:  # a 1x1 conv: the points as a [N, M, 1] image
+            rgb = self.torgb(feat[:, :, None, :], ws[:, -1])[:, :, 0]
+        else:
+            rgb = feat[..., :3]
+        return sigma[..., 0], rgb
+
     def synthesis(self, ws: jax.Array, c: jax.Array, *, neural_rendering_resolution: int,
                   noise_mode: str = "const", deterministic: bool = False,
                   background: str = "network", superresolution: bool = True

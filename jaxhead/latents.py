@@ -1,0 +1,103 @@
+"""Inverted identities on disk: ``<stem>.npz`` files holding ``w`` float32 ``[1, num_ws, w_dim]``
+(the layout of PanoHead's projector output ``*_ws.npz`` / ``projected_w.npz``, read by the
+paper's inference as ``np.load(f)["w"]``). The identity's name is the file stem.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxhead.errors import DataError
+
+LAYOUT = "an .npz with key 'w' of shape [1, num_ws, w_dim] (PanoHead's projected_w.npz layout)"
+
+
+def save_ws(path: str | os.PathLike, w: np.ndarray) -> Path:
+    """Write one identity ``w [1, num_ws, w_dim]`` as ``path`` (``.npz``, key ``w``, float32)."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 3 or w.shape[0] != 1:
+        raise ValueError(f"w must be [1, num_ws, w_dim], got {w.shape}")
+    path = Path(path)
+    with open(path, "wb") as f:
+        np.savez(f, w=w)
+    return path
+
+
+def read_ws(path: str | os.PathLike) -> np.ndarray:
+    """``w`` of one ``.npz`` file -> float32 ``[1, num_ws, w_dim]``; a file that is not an
+    npz, has no ``w``, a ``w`` of another rank or non-finite values: :class:`DataError`."""
+    where = os.fspath(path)
+    if Path(path).suffix != ".npz":
+        raise DataError(f"{where!r} is not an .npz file (expected {LAYOUT})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "w" not in z.files:
+                raise DataError(f"{where!r} has no array 'w' (it has {sorted(z.files)}; "
+                                f"expected {LAYOUT})")
+            w = z["w"]
+    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{where!r} is not a readable .npz file ({e}; expected {LAYOUT})"
+                        ) from None
+    if w.ndim != 3 or w.shape[0] != 1 or not np.issubdtype(w.dtype, np.floating):
+        raise DataError(f"{where!r}: w is {w.dtype} {list(w.shape)}, expected float "
+                        f"[1, num_ws, w_dim]")
+    if not np.all(np.isfinite(w)):
+        raise DataError(f"{where!r}: w has non-finite values")
+    return w.astype(np.float32)
+
+
+def ws_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """``.npz`` files of each path (a file, or every ``*.npz`` of a directory, sorted by
+    name); a missing path, an empty directory or two files of one stem: :class:`DataError`."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.npz") if q.is_file())
+            if not found:
+                raise DataError(f"{os.fspath(p)!r} holds no .npz files (expected one "
+                                f"<name>.npz per identity, {LAYOUT})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{os.fspath(p)!r} does not exist (expected a directory of .npz "
+                            f"files or one .npz file, {LAYOUT})")
+    seen: dict[str, Path] = {}
+    for q in out:
+        if q.stem in seen:
+            raise DataError(f"two identities named {q.stem!r}: {os.fspath(seen[q.stem])!r} "
+                            f"and {os.fspath(q)!r}")
+        seen[q.stem] = q
+    return out
+
+
+def load_ws(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
+            num_ws: int | None = None, w_dim: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """``[(name, w [1, num_ws, w_dim])]`` of the ``.npz`` files under ``paths``
+    (:func:`ws_files`); with ``num_ws`` / ``w_dim`` each ``w`` must have that shape
+    (:func:`check_fit`)."""
+    items = []
+    for q in ws_files(paths):
+        w = read_ws(q)
+        check_fit(w, num_ws, w_dim, where=os.fspath(q))
+        items.append((q.stem, w))
+    return items
+
+
+def check_fit(w: np.ndarray, num_ws: int | None, w_dim: int | None, *, where: str) -> None:
+    """:class:`DataError` when ``w [1, n, d]`` does not fit a generator taking ``num_ws`` rows
+    of width ``w_dim`` (``None``: not checked)."""
+    _, n, d = w.shape
+    if (num_ws is not None and n != num_ws) or (w_dim is not None and d != w_dim):
+        raise DataError(f"{where!r}: w is [1, {n}, {d}], but the generator takes "
+                        f"[1, {num_ws}, {w_dim}] (num_ws, w_dim); was it inverted into "
+                        "another generator?")
