@@ -67,4 +67,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.kid_subsets = 100
     c.metric_batch = 16
     c.sheet_identities = 4  # identities shown in sheets/
+    # compiled XLA programs kept across runs (jaxhead.train's cache; "" turns it off)
+    c.compilation_cache = "auto"
     return c

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,15 @@ def evaluate(config, *, verbose: bool = True) -> dict[str, Any]:
     log(f"evaluating {list(gens)} on {n} identities x {len(config.views.yaw)} views; prompt "
         f"{prompt!r}")
 
+    t0 = time.perf_counter()
     renders = {}
     with tqdm(total=len(gens) * n, unit="identity", dynamic_ncols=True,
               disable=not verbose) as bar:
         for name, g in gens.items():
             bar.set_description(f"render {name}")
             renders[name] = protocol.render_set(g, identities, config, cache, bar)
+    seconds = {"render": time.perf_counter() - t0}
+    t0 = time.perf_counter()
     edit_views = list(config.views.edit)
     edits = None
     if assets.needs_edits(config):
@@ -83,6 +87,8 @@ def evaluate(config, *, verbose: bool = True) -> dict[str, Any]:
                                   renders[config.reference]["image"][:, edit_views], prompt,
                                   config, cache)
         del sd_params
+    seconds["edit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     cams = np.asarray(protocol.view_cameras(config, ref.G.camera_radius))
     text_emb = _prompt_embedding(nets, prompt)
     results = {}
@@ -91,6 +97,7 @@ def evaluate(config, *, verbose: bool = True) -> dict[str, Any]:
             config, nets, renders=renders[name], reference=renders[config.reference],
             edits=edits, cameras=cams, prompt=prompt, depth_range=_depth_range(gens[name].G),
             text_embedding=text_emb)
+    seconds["metrics"] = time.perf_counter() - t0
     info = {"prompt": prompt, "negative_prompt": config.negative_prompt,
             "identities": config.identities, "n_identities": n,
             "identity_names": [i.name for i in identities],
@@ -100,7 +107,8 @@ def evaluate(config, *, verbose: bool = True) -> dict[str, Any]:
                      f"DDIM steps, CFG {config.edit.guidance_scale}, eta {config.edit.eta}, "
                      f"seed {config.edit.seed}, {config.edit.dtype}"),
             "generator_dirs": assets.parse_generators(config.generators),
-            "metrics": list(config.metrics), "backend": jax.default_backend()}
+            "metrics": list(config.metrics), "backend": jax.default_backend(),
+            "seconds": {k: round(v, 2) for k, v in seconds.items()}}  # this run (cache hits)
     paths = report.write_report(workdir, results=results, info=info,
                                 reference=config.reference, metrics=config.metrics)
     k = min(config.sheet_identities, n)
@@ -132,7 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(args):
         if not any(a == "--config" or a.startswith("--config=") for a in args):
             raise UsageError("--config FILE is required (e.g. --config configs/eval_demo.py)")
-        evaluate(parse_config(args))
+        from jaxhead.train import enable_compilation_cache
+
+        config = assets.validate(parse_config(args))
+        enable_compilation_cache(config.compilation_cache)
+        evaluate(config)
         return 0
 
     return run_cli(run, argv)

@@ -45,21 +45,26 @@ def render_key(gen: LoadedGenerator, ident: Identity, config) -> str:
                         "background": v.background, "noise_mode": v.noise_mode})
 
 
+@functools.cache
+def _render_fns(G: Any, noise_mode: str, background: str) -> tuple[Any, Any]:
+    """Jitted (representation, render) of a generator configuration, shared by every
+    generator of that configuration (their params differ only in value: one compile)."""
+    rep = jax.jit(functools.partial(G.representation, noise_mode=noise_mode))
+    return rep, make_renderer(G, noise_mode=noise_mode, background=background)
+
+
 def render_set(gen: LoadedGenerator, identities: Sequence[Identity], config, cache: Cache,
                bar: tqdm | None = None) -> dict[str, np.ndarray]:
     """One generator's renders of every identity and view (cached per identity)."""
     G, v = gen.G, config.views
     cams = view_cameras(config, G.camera_radius)
     nv, b = cams.shape[0], min(v.batch, cams.shape[0])
-    render = None
     out: dict[str, list[np.ndarray]] = {"image": [], "depth": [], "acc": []}
     for ident in identities:
         key = render_key(gen, ident, config)
         got = cache.get("renders", key)
         if got is None:
-            if render is None:
-                render = make_renderer(G, noise_mode=v.noise_mode, background=v.background)
-                rep_fn = jax.jit(functools.partial(G.representation, noise_mode=v.noise_mode))
+            rep_fn, render = _render_fns(G, v.noise_mode, v.background)
             ws = jnp.asarray(ident.w)
             planes = rep_fn(gen.params, ws)
             parts = []
