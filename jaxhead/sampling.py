@@ -4,7 +4,8 @@ conditioning, as one jitted function (``lax.scan`` over the steps).
 
     sd, params = load_sd("checkpoints/sd", controlnets=("depth",))
     text, neg = encode_prompts(sd, params, ["a portrait"]), encode_prompts(sd, params, [""])
-    noise = draw_noise(sd, jax.random.key(0), (1, 64, 64), num_steps=50, start_index=25)
+    noise = draw_noise(sd, seed_keys([0]), (64, 64), num_steps=50, start_index=25,
+                       posterior_sample=True)
     out = sample(sd, params, noise, text, neg, num_steps=50, start_index=25,
                  image=render_in_minus1_1)          # SDEdit from step 25 of 50
     out.images                                        # [B, 512, 512, 3] in [0, 1]
