@@ -1,0 +1,179 @@
+"""The evaluation protocol end to end on demo models (tiny generator, tiny SD stack, random
+metric networks): report structure, finite numbers, the cache (adding a generator recomputes
+nothing else), missing weights before compute; sanity of the pairings (a generator against
+itself gives ID 1, ΔD 0, CLIP 1, FID 0; a wrong pairing does not)."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from configs import eval_demo
+from jaxhead import evaluate as ev
+from jaxhead.errors import MissingWeightsError, UsageError, run_cli
+from jaxhead.evaluation import assets, protocol
+from jaxhead.metrics import fid as fid_lib
+
+
+def _config(tmp_path, ids_dir, **over):
+    c = eval_demo.get_config()
+    c.workdir = str(tmp_path / "eval")
+    c.identities = str(ids_dir)
+    c.views.yaw = (0.0, 0.5)
+    c.views.pitch = (0.0, 0.1)
+    c.views.batch = 2
+    c.edit.steps = 4  # SDEdit: 2 of 4 steps
+    c.metric_batch = 2
+    c.kid_subsets = 5
+    for k, v in over.items():
+        node = c
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory):
+    """Two inverted-identity files made from the demo generator's mapping outputs."""
+    import jax.numpy as jnp
+
+    from jaxhead.camera import make_camera
+
+    d = tmp_path_factory.mktemp("ids")
+    g = assets.load_generator_spec("demo")
+    z = np.random.default_rng(0).standard_normal((2, g.G.z_dim)).astype(np.float32)
+    ws = np.asarray(g.G.mapping(g.params, jnp.asarray(z), make_camera(jnp.zeros(2),
+                                                                       jnp.full(2, 0.2)), 0.8))
+    for i, name in enumerate(("alice", "bob")):
+        np.savez(d / f"{name}.npz", w=ws[i:i + 1])
+    return d
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, identities):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = _config(tmp, identities, generators="frozen=demo,perturbed=demo:0.3")
+    return tmp, cfg, ev.evaluate(cfg, verbose=False)
+
+
+@pytest.mark.slow
+def test_report_structure_and_finite_numbers(first_run):
+    tmp, cfg, out = first_run
+    wd = tmp / "eval"
+    m = json.loads((wd / "metrics.json").read_text())
+    assert m["n_identities"] == 2 and m["identity_names"] == ["alice", "bob"]
+    assert set(m["generators"]) == {"frozen", "perturbed"} and m["reference"] == "frozen"
+    for g, r in m["generators"].items():
+        assert set(r) == set(assets.METRICS), g
+        for name, v in r.items():
+            assert math.isfinite(v["value"]) and v["n_identities"] == 2, (g, name)
+            assert v["n_views"] == (1 if name in ("fid", "kid", "clip", "clip_score",
+                                                  "diversity") else 2)
+    fr, pe = m["generators"]["frozen"], m["generators"]["perturbed"]
+    assert fr["id"]["value"] == pytest.approx(1.0, abs=1e-5)
+    assert fr["depth"]["value"] == 0.0
+    assert pe["id"]["value"] < 0.99 and pe["depth"]["value"] > 1e-3
+    report = (wd / "report.md").read_text()
+    header = "| generator | FID↓ | KID↓ | CLIP↑ | CLIP-S↑ | ID↑ | ΔD↓ | Div↑ |"
+    assert header in report and "| frozen (reference) |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| perturbed"))
+    assert row.count("**") == 2 * 7  # the only non-reference generator: best everywhere
+    from PIL import Image
+
+    assert Image.open(wd / "metrics.png").size[0] > 400
+    sheet = Image.open(wd / "sheets" / "alice.png")
+    assert sheet.size == (150 + 2 * 256, 3 * 256)  # rows: frozen, SD edit, perturbed
+
+
+@pytest.mark.slow
+def test_adding_a_generator_reuses_the_cache(first_run, identities):
+    tmp, _, out = first_run
+    cache = tmp / "eval" / "cache"
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+    assert sum("edits" in str(p) for p in before) == 2  # 2 identities x 1 edited view
+    cfg = _config(tmp, identities, generators="frozen=demo,perturbed=demo:0.3,other=demo:0.1",
+                  metrics=("clip", "id", "depth"))
+    out2 = ev.evaluate(cfg, verbose=False)
+    after = {p: p.stat().st_mtime_ns for p in cache.rglob("*.npz")}
+    new = set(after) - set(before)
+    assert len(new) == 2 and all("renders" in str(p) for p in new)  # only other's renders
+    assert all(after[p] == t for p, t in before.items())  # nothing rewritten
+    for g in ("frozen", "perturbed"):
+        for k in ("clip", "id", "depth"):
+            assert out2["results"][g][k]["value"] == out["results"][g][k]["value"]
+
+
+def test_sanity_pairings(tmp_path):
+    """compute_metrics on hand-made sets: a set against itself gives ID 1, ΔD 0 and CLIP 1;
+    identities swapped (a wrong pairing) give ID < 1 and ΔD > 0. (FID of a set with itself:
+    test_fid_low_rank_matches_fid.)"""
+    rng = np.random.default_rng(0)
+    cfg = assets.validate(_config(tmp_path, "unused", metrics=("clip", "id", "depth"),
+                                  **{"views.yaw": (0.0, 0.4), "views.pitch": (0.0, 0.0)}))
+    nets = assets.load_networks(cfg)
+    n, nv, s = 3, 2, 128
+    img = rng.integers(0, 256, (n, nv, s, s, 3), np.uint8)
+    depth = rng.uniform(2.5, 3.0, (n, nv, 16, 16, 1)).astype(np.float32)
+    acc = np.ones_like(depth)
+    renders = {"image": img, "depth": depth, "acc": acc}
+    cams = np.asarray(protocol.view_cameras(cfg, 2.7))
+    same = protocol.compute_metrics(cfg, nets, renders=renders, reference=renders,
+                                    edits=img[:, [0]], cameras=cams, prompt="x",
+                                    depth_range=1.05)
+    assert same["id"]["value"] == pytest.approx(1.0, abs=1e-5)
+    assert same["depth"]["value"] == 0.0
+    assert same["clip"]["value"] == pytest.approx(1.0, abs=1e-5)
+    swapped = {k: v[::-1] for k, v in renders.items()}
+    wrong = protocol.compute_metrics(cfg, nets, renders=swapped, reference=renders,
+                                     edits=img[:, [0]], cameras=cams, prompt="x",
+                                     depth_range=1.05)
+    assert wrong["id"]["value"] < 0.999 and wrong["depth"]["value"] > 0.05
+
+
+def test_fid_low_rank_matches_fid():
+    rng = np.random.default_rng(1)
+    f1 = np.abs(rng.standard_normal((12, 64)))
+    f2 = np.abs(rng.standard_normal((9, 64)) * 1.3 + 0.2)
+    with warnings.catch_warnings():  # scipy: the 64 x 64 product of rank <= 8 is singular
+        warnings.simplefilter("ignore")
+        ref = fid_lib.fid(f1, f2)
+    assert fid_lib.fid_low_rank(f1, f2) == pytest.approx(ref, rel=1e-6)
+    assert fid_lib.fid_low_rank(f1, f1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_missing_weights_and_bad_config(tmp_path, capsys):
+    """Every missing piece listed with its convert command, before anything is computed."""
+    from configs import eval as eval_cfg
+
+    c = eval_cfg.get_config()
+    c.workdir = str(tmp_path / "w")
+    c.generators = f"frozen={tmp_path / 'ph'},ld=demo"
+    c.sd = str(tmp_path / "sd")
+    c.identities = str(tmp_path / "nope")
+    with pytest.raises(MissingWeightsError) as e:
+        ev.evaluate(c, verbose=False)
+    msg = str(e.value)
+    for piece in ("generator 'frozen'", "convert_weights.panohead", "convert_weights.diffusers",
+                  "inception (for fid, kid)", "convert_weights.inception",
+                  "clip (for clip, clip_score)", "arcface (for id, diversity)",
+                  "lpips (for diversity)", "identities:"):
+        assert piece in msg, piece
+    assert "generator 'ld'" not in msg
+    assert not (tmp_path / "w").exists()  # nothing written
+    c.metrics = ("depth",)  # needs no network and no SD
+    c.reference = "ld"
+    msg2 = str(pytest.raises(MissingWeightsError, ev.evaluate, c, verbose=False).value)
+    assert "inception" not in msg2 and "Stable Diffusion" not in msg2
+    c.metrics = ("fid", "bogus")
+    c.edit.strength = 0.0
+    with pytest.raises(UsageError) as e:
+        ev.evaluate(c, verbose=False)
+    assert "metrics=" in str(e.value) and "edit.strength" in str(e.value)
+    rc = run_cli(ev.main, ["--config", "configs/eval.py", f"--config.workdir={tmp_path}/w",
+                           "--config.generators=frozen"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "NAME=DIR" in err and err.count("\n") <= 3
