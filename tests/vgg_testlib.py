@@ -153,7 +153,8 @@ class NvidiaVGG16(nn.Module):
 def save_nvidia_archive(path, widths=SMALL, seed: int = 4321) -> None:
     """Script :class:`NvidiaVGG16` with seeded weights and save it as a TorchScript archive."""
     vgg, lin = seeded_state_dicts(widths, seed)
-    torch.jit.save(torch.jit.script(NvidiaVGG16(vgg, lin, widths).eval()), str(path))
+    m = NvidiaVGG16(vgg, lin, widths).eval().requires_grad_(False)  # as the real archive
+    torch.jit.save(torch.jit.script(m), str(path))
 
 
 def seeded_images(seed: int = 7, batch: int = 2, size: int = 64) -> tuple[np.ndarray, ...]:
