@@ -6,8 +6,9 @@ on the values).
 
 Each row runs in a fresh subprocess (peak RSS belongs to it alone). Columns: compile = lower +
 compile (s); s/step = median of --repeats steps after a warm-up; XLA args / temp = the compiled
-step's argument and temporary buffer bytes (its memory plan, known without running); peak =
-process max RSS on CPU, device peak bytes in use on GPU. ``--compile-only`` reports the plan
+step's argument (generator + LPIPS weights, state, targets) and temporary buffer bytes (its
+memory plan, known without running); peak = process max RSS on CPU, device peak bytes in use
+on GPU. ``--compile-only`` reports the plan
 without running (for batches that do not fit the machine).
 """
 
@@ -43,11 +44,13 @@ def measure(mode: str, batch: int, repeats: int, compile_only: bool) -> dict:
     t_targets = time.perf_counter() - t0
     if mode == "project":
         state = proj.init(stats, batch)
-        fn, args = jax.jit(proj._step), (state, tgt, stats, jax.random.key(3))
+        fn = jax.jit(proj._step, donate_argnums=2)
+        args = (params, proj.lpips_params, state, tgt, stats, jax.random.key(3))
     else:
         state = proj.pti_init(batch)
         w = jnp.zeros((batch, G.num_ws, 512))
-        fn, args = jax.jit(proj._pti_step), (state, tgt, w, jax.random.key(3))
+        fn = jax.jit(proj._pti_step, donate_argnums=2)
+        args = (params, proj.lpips_params, state, tgt, w, jax.random.key(3))
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     t_compile = time.perf_counter() - t0
@@ -61,7 +64,7 @@ def measure(mode: str, batch: int, repeats: int, compile_only: bool) -> dict:
         jax.block_until_ready(out)
         times = []
         for _ in range(repeats):
-            args = (out[0],) + args[1:]
+            args = args[:2] + (out[0],) + args[3:]
             t0 = time.perf_counter()
             out = compiled(*args)
             jax.block_until_ready(out)

@@ -94,17 +94,27 @@ def _mesh(batch: int) -> Mesh:
     return Mesh(np.array(devices[:n]), ("data",))
 
 
+def _place(tree, mesh: Mesh, batch: int, split: bool = True):
+    """Identity-axis arrays split over the mesh (``split``), everything else replicated.
+
+    PTI is not split: its per-identity generator weights make vmapped (grouped) convolutions
+    that XLA's SPMD partitioner currently mis-partitions on CPU."""
+    part = NamedSharding(mesh, PartitionSpec("data" if split else None))
+    rep = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(
+        x, part if x.ndim and x.shape[0] == batch else rep), tree)
+
+
 def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Path) -> None:
     cfg = ProjectorConfig(num_steps=args.steps, ray_start=args.ray_start)
     proj = Projector(G, params, lpips_params, cfg)
     mesh = _mesh(args.batch)
-    shard = NamedSharding(mesh, PartitionSpec("data"))
     print(f"w statistics from {cfg.w_avg_samples} samples ...", file=sys.stderr)
     stats = proj.w_stats()
     views = make_camera(jnp.array(COMPARE_YAWS), jnp.zeros(len(COMPARE_YAWS)))
     render = jax.jit(lambda p, w, c: proj.render(p, w, c, jax.random.key(0)))
-    measure = jax.jit(lambda p, w, tgt: proj.image_losses(proj.render(p, w, tgt.c,
-                                                                      jax.random.key(0)), tgt))
+    measure = jax.jit(lambda p, lp, w, tgt: proj.image_losses(
+        proj.render(p, w, tgt.c, jax.random.key(0)), tgt, lp))
     key = jax.random.key(args.seed)
     for g0 in range(0, len(targets), args.batch):
         group = targets[g0:g0 + args.batch]
@@ -113,8 +123,8 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
         t0 = time.perf_counter()
         images = jnp.asarray(np.stack([load_image(t.path) for t in group]))
         cams = jnp.asarray(np.stack([t.camera for t in group]))
-        tgt = jax.device_put(proj.targets(images, cams, stats), shard)
-        state = jax.device_put(proj.init(stats, args.batch), shard)
+        tgt = _place(proj.targets(images, cams, stats), mesh, args.batch)
+        state = _place(proj.init(stats, args.batch), mesh, args.batch)
         names = ", ".join(t.name for t in group[:real])
         with tqdm(total=args.steps, desc=f"project {names}"[:60], unit="step",
                   dynamic_ncols=True) as bar:
@@ -124,15 +134,17 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
                     bar.set_postfix({k: f"{float(jnp.mean(v)):.4f}" for k, v in terms.items()})
                 bar.update()
         w = state.w_opt
-        mse, perc = (np.asarray(x) for x in measure(params, w, tgt))
+        mse, perc = (np.asarray(x) for x in measure(params, lpips_params, w, tgt))
         result = {"mse": mse, "lpips": perc}
         tuned = None
         if args.pti_steps:
-            pti = proj.pti_init(args.batch)
+            pti = _place(proj.pti_init(args.batch), mesh, args.batch, split=False)
+            tgt_r, w_r = _place((tgt, w), mesh, args.batch, split=False)
             with tqdm(total=args.pti_steps, desc="pivotal tuning", unit="step",
                       dynamic_ncols=True) as bar:
                 for i in range(args.pti_steps):
-                    pti, terms = proj.pti_step(pti, tgt, w, jax.random.fold_in(key, 10**6 + i))
+                    pti, terms = proj.pti_step(pti, tgt_r, w_r,
+                                               jax.random.fold_in(key, 10**6 + i))
                     if i % 10 == 0 or i == args.pti_steps - 1:
                         bar.set_postfix({k: f"{float(jnp.mean(v)):.4f}"
                                          for k, v in terms.items()})
@@ -144,7 +156,7 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
             w1 = w[j:j + 1]
             if tuned is not None:
                 one = Targets(tgt.images[j:j + 1], tgt.features[j:j + 1], tgt.c[j:j + 1])
-                m, q = (float(np.asarray(x)[0]) for x in measure(p, w1, one))
+                m, q = (float(np.asarray(x)[0]) for x in measure(p, lpips_params, w1, one))
             recon = np.asarray(render(p, w1, tgt.c[j:j + 1]))
             turned = np.asarray(render(p, jnp.repeat(w1, len(COMPARE_YAWS), 0), views))
             tiles = [to_uint8(np.asarray(images[j])), to_uint8(recon[0])]

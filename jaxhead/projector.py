@@ -63,6 +63,7 @@ class ProjectorConfig:
     # "image" (the 512 px SR output, official) or "image_raw" (the neural rendering before
     # the SR: a fast stand-in for tests; set perceptual_size to its resolution)
     render_output: str = "image"
+    background: str = "network"  # PanoHead's background network (official); "none" for tests
     pti_learning_rate: float = 3e-4
 
 
@@ -133,9 +134,28 @@ class Projector:
         if cfg.ray_start is not None and cfg.ray_start != G.config.ray_start:
             G = PanoHead(dataclasses.replace(G.config, ray_start=cfg.ray_start))
         self.G, self.params, self.lpips_params, self.cfg = G, params, lpips_params, cfg
-        self.step = jax.jit(self._step, donate_argnums=0)
-        self.step_with_noise = jax.jit(self._step_with_noise)
-        self.pti_step = jax.jit(self._pti_step, donate_argnums=0)
+        # weights are arguments of the compiled steps (never baked in as constants)
+        self._step_jit = jax.jit(self._step, donate_argnums=2)
+        self._step_noise_jit = jax.jit(self._step_with_noise)
+        self._pti_jit = jax.jit(self._pti_step, donate_argnums=2)
+
+    def step(self, state: ProjState, tgt: Targets, stats: Stats, key: jax.Array
+             ) -> tuple[ProjState, dict[str, jax.Array]]:
+        """One projection step (jitted; ``state`` is donated); ``key`` draws the w-noise and
+        the ray samples. Returns the new state and the per-identity loss terms."""
+        return self._step_jit(self.params, self.lpips_params, state, tgt, stats, key)
+
+    def step_with_noise(self, state: ProjState, tgt: Targets, stats: Stats,
+                        unit_noise: jax.Array, render_key: jax.Array
+                        ) -> tuple[ProjState, dict[str, jax.Array]]:
+        """:meth:`step` with given N(0, 1) w-noise ``[B, num_ws, w_dim]`` (parity tests)."""
+        return self._step_noise_jit(self.params, self.lpips_params, state, tgt, stats,
+                                    unit_noise, render_key)
+
+    def pti_step(self, state: PTIState, tgt: Targets, w: jax.Array, key: jax.Array
+                 ) -> tuple[PTIState, dict[str, jax.Array]]:
+        """One PTI step for every identity (jitted; ``state`` is donated)."""
+        return self._pti_jit(self.params, self.lpips_params, state, tgt, w, key)
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -184,32 +204,37 @@ class Projector:
         raw = self.cfg.render_output == "image_raw"
         return self.G.synthesis(params, ws, c, noise_mode="const",
                                 deterministic=self.cfg.deterministic, rng=key,
+                                background=self.cfg.background,
                                 superresolution=not raw)[self.cfg.render_output]
 
-    def image_losses(self, images: jax.Array, tgt: Targets) -> tuple[jax.Array, jax.Array]:
+    def image_losses(self, images: jax.Array, tgt: Targets, lpips_params: Params | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
         """Per identity ``(mse [B], lpips [B])`` of rendered images against the targets."""
+        lp = self.lpips_params if lpips_params is None else lpips_params
         mse = jnp.mean(jnp.square(tgt.images - images), axis=(1, 2, 3))
-        perc = jnp.sum(jnp.square(tgt.features - self.features(self.lpips_params, images)), -1)
+        perc = jnp.sum(jnp.square(tgt.features - self.features(lp, images)), -1)
         return mse, perc
 
     def loss(self, w_opt: jax.Array, tgt: Targets, stats: Stats, unit_noise: jax.Array,
-             step: jax.Array, render_key: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+             step: jax.Array, render_key: jax.Array, params: Params | None = None,
+             lpips_params: Params | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Summed projection loss of ``w_opt`` [B, num_ws, w_dim] at ``step`` (with the given
-        N(0, 1) w-noise) and the per-identity terms ``loss``, ``mse``, ``lpips``, ``w_norm``."""
+        N(0, 1) w-noise) and the per-identity terms ``loss``, ``mse``, ``lpips``, ``w_norm``.
+        ``params`` / ``lpips_params`` default to the projector's."""
         cfg = self.cfg
+        params = self.params if params is None else params
         sigma = noise_scale(step, stats.w_std, cfg)
-        img = self.render(self.params, w_opt + unit_noise * sigma, tgt.c, render_key)
-        mse, perc = self.image_losses(img, tgt)
+        img = self.render(params, w_opt + unit_noise * sigma, tgt.c, render_key)
+        mse, perc = self.image_losses(img, tgt, lpips_params)
         w_norm = jnp.mean(jnp.square(w_opt - stats.w_avg), axis=(1, 2))
         loss = cfg.mse_weight * mse + perc + cfg.w_norm_weight * w_norm
         return jnp.sum(loss), {"loss": loss, "mse": mse, "lpips": perc, "w_norm": w_norm}
 
-    def _step_with_noise(self, state: ProjState, tgt: Targets, stats: Stats,
-                         unit_noise: jax.Array, render_key: jax.Array
-                         ) -> tuple[ProjState, dict[str, jax.Array]]:
-        """One Adam step with given N(0, 1) w-noise ``[B, num_ws, w_dim]``."""
+    def _step_with_noise(self, params: Params, lpips_params: Params, state: ProjState,
+                         tgt: Targets, stats: Stats, unit_noise: jax.Array,
+                         render_key: jax.Array) -> tuple[ProjState, dict[str, jax.Array]]:
         (_, terms), g = jax.value_and_grad(self.loss, has_aux=True)(
-            state.w_opt, tgt, stats, unit_noise, state.step, render_key)
+            state.w_opt, tgt, stats, unit_noise, state.step, render_key, params, lpips_params)
         terms["lr"] = learning_rate(state.step, self.cfg)
         return self.apply_gradient(state, g), terms
 
@@ -219,12 +244,11 @@ class Projector:
         lr = learning_rate(state.step, self.cfg)
         return ProjState(state.w_opt - lr * direction, adam, state.step + 1)
 
-    def _step(self, state: ProjState, tgt: Targets, stats: Stats, key: jax.Array
-              ) -> tuple[ProjState, dict[str, jax.Array]]:
-        """One projection step; ``key`` draws the w-noise and the ray samples."""
+    def _step(self, params: Params, lpips_params: Params, state: ProjState, tgt: Targets,
+              stats: Stats, key: jax.Array) -> tuple[ProjState, dict[str, jax.Array]]:
         k_noise, k_render = jax.random.split(key)
         noise = jax.random.normal(k_noise, state.w_opt.shape, state.w_opt.dtype)
-        return self._step_with_noise(state, tgt, stats, noise, k_render)
+        return self._step_with_noise(params, lpips_params, state, tgt, stats, noise, k_render)
 
     # --- pivotal tuning -------------------------------------------------------------------
 
@@ -234,17 +258,18 @@ class Projector:
                          self.params["params"])
         return PTIState(p, jax.vmap(_adam().init)(p), jnp.zeros((), jnp.int32))
 
-    def _pti_step(self, state: PTIState, tgt: Targets, w: jax.Array, key: jax.Array
-                  ) -> tuple[PTIState, dict[str, jax.Array]]:
+    def _pti_step(self, base: Params, lpips_params: Params, state: PTIState, tgt: Targets,
+                  w: jax.Array, key: jax.Array) -> tuple[PTIState, dict[str, jax.Array]]:
         """One PTI Adam step per identity (vmapped over the identities' generators)."""
         cfg = self.cfg
         keys = jax.random.split(key, w.shape[0])
 
         def one(p, adam, img_t, feat_t, c, w1, k):
             def loss_fn(pp):
-                params = {**self.params, "params": pp}
+                params = {**base, "params": pp}
                 img = self.render(params, w1[None], c[None], k)
-                mse, perc = self.image_losses(img, Targets(img_t[None], feat_t[None], c[None]))
+                mse, perc = self.image_losses(img, Targets(img_t[None], feat_t[None], c[None]),
+                                              lpips_params)
                 return cfg.mse_weight * mse[0] + perc[0], (mse[0], perc[0])
 
             (loss, (mse, perc)), g = jax.value_and_grad(loss_fn, has_aux=True)(p)

@@ -1,8 +1,9 @@
 """Round trip: a target rendered from a known w at a known (t_mapping-corrected) camera is
 inverted from w_avg; broken projectors (camera correction left out or applied with the wrong
 sign, camera axes in the OpenGL instead of the OpenCV convention) fall clearly short. Runs on
-the neural rendering (``render_output="image_raw"``, 32 px) of the tiny random generator so
-that the steps stay cheap on CPU; still marked slow."""
+the neural rendering (``render_output="image_raw"``, 32 px) of the tiny fixture generator,
+without the background network (driven by w alone, it would let any camera match the
+backdrop), so that the steps stay cheap on CPU; still marked slow."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 
 from jaxhead.camera import make_camera
 from jaxhead.models.lpips_vgg import random_params
-from jaxhead.models.panohead.demo import demo_generator
+from jaxhead.models.panohead import load_panohead
 from jaxhead.projector import Projector, ProjectorConfig, Targets, stats_camera
 
 STEPS = 60
@@ -24,17 +25,15 @@ def psnr(a, b):
 
 
 @pytest.fixture(scope="module")
-def setup():
-    G, params = demo_generator(0)
-    tm = G.init(jax.random.key(3), t_mapping=True)
-    p, b = dict(params["params"]), dict(params["buffers"])
-    p["t_mapping"] = jax.tree.map(lambda x: x, tm["params"]["t_mapping"])
-    p["t_mapping"]["fc1"] = {"weight": 0.5 * p["t_mapping"]["fc1"]["weight"],
-                             "bias": jnp.zeros(3)}  # offsets of about a tenth
-    b["t_mapping"] = tm["buffers"]["t_mapping"]
-    params = {"params": p, "buffers": b}
+def setup(tmp_path_factory, fixtures_dir):
+    from convert_weights.panohead import convert
+
+    dst = tmp_path_factory.mktemp("panohead_tiny")
+    convert(fixtures_dir / "panohead_tiny" / "G_ema.safetensors", dst)
+    G, params = load_panohead(dst)  # random weights, every path active, t_mapping included
     cfg = ProjectorConfig(num_steps=STEPS, ray_start=None, deterministic=True,
-                          render_output="image_raw", perceptual_size=32, w_avg_samples=2000)
+                          render_output="image_raw", perceptual_size=32, w_avg_samples=2000,
+                          background="none")
     proj = Projector(G, params, random_params(jax.random.key(5), SMALL), cfg)
     stats = proj.w_stats()
     z = jax.random.normal(jax.random.key(11), (1, G.z_dim))
