@@ -63,7 +63,7 @@ class ProjectorConfig:
     # "image" (the 512 px SR output, official) or "image_raw" (the neural rendering before
     # the SR: a fast stand-in for tests; set perceptual_size to its resolution)
     render_output: str = "image"
-    background: str = "network"  # PanoHead's background network (official); "none" for tests
+    background: str = "network"  # PanoHead's background network (official) or "none"
     pti_learning_rate: float = 3e-4
 
 
