@@ -26,11 +26,11 @@ from jaxhead.models.panohead import PanoHead, PanoHeadConfig, save_panohead
 from jaxhead.ops.upfirdn import setup_filter
 from jaxhead.utils import params_io
 
-# Keys of the official state dict with no counterpart in the inference port.
-#  - t_mapping.*: camera self-adaptation network, only used by TriPlaneGenerator.forward().
-#  - *.resample_filter: the fixed [1, 3, 3, 1] FIR filter (checked, then dropped).
-_IGNORED = re.compile(r"^t_mapping\.|\.resample_filter$")
-_BUFFERS = re.compile(r"(^backbone\.mapping\.w_avg$|\.noise_const$)")
+# Keys of the official state dict with no counterpart in the port: *.resample_filter, the fixed
+# [1, 3, 3, 1] FIR filter (checked, then dropped). t_mapping.* (camera self-adaptation, used by
+# the official forward() and by inversion) is kept.
+_IGNORED = re.compile(r"\.resample_filter$")
+_BUFFERS = re.compile(r"(^(backbone\.mapping|t_mapping)\.w_avg$|\.noise_const$)")
 
 
 def read_source(src: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
@@ -93,7 +93,7 @@ def torch_to_flax(state_dict: dict[str, np.ndarray], config: PanoHeadConfig) -> 
         (buffers if _BUFFERS.search(key) else params)[path] = v
         names[path] = key
     G = PanoHead(config)
-    expected = G.param_shapes()
+    expected = G.param_shapes(t_mapping=any(k.startswith("t_mapping.") for k in state_dict))
     tree = {"params": params_io.unflatten(params), "buffers": params_io.unflatten(buffers)}
     try:
         params_io.check_tree(tree, expected, what="PanoHead state dict")

@@ -508,3 +508,111 @@ def _plain(x: Any, depth: int = 0) -> Any:
     if isinstance(x, (np.generic, np.ndarray)):
         return x.tolist() if isinstance(x, np.ndarray) else x.item()
     return x
+
+
+# --- TorchScript archives (``torch.jit.save``): read tensors, never the code ---------------
+
+_TS_LIST_BUILDERS = {"build_intlist", "build_doublelist", "build_boollist", "build_tensorlist"}
+_MAX_ARCHIVE_PICKLE = 64 << 20  # data.pkl holds module records only; tensors are separate
+
+
+class _TorchScriptUnpickler(_RestrictedUnpickler):
+    """``data.pkl`` of a TorchScript zip: ``__torch__.*`` module objects become inert stubs
+    (their compiled code in ``code/`` is never read), storages come from ``data/<key>``."""
+
+    def __init__(self, f: BinaryIO, storage: Any) -> None:
+        super().__init__(f)
+        self._storage = storage
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module == "__torch__" or module.startswith("__torch__.")) and name.isidentifier():
+            return _stub_class(module, name)
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        if module == "torch.jit._pickle" and name == "restore_type_tag":
+            return lambda value, _tag=None: value
+        if module == "torch.jit._pickle" and name in _TS_LIST_BUILDERS:
+            return list
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+            raise UnsafePickleError(f"unexpected persistent id {_short(pid)}")
+        _, stype, key, _location, numel = pid[:5]
+        if not isinstance(stype, _StorageType):
+            raise UnsafePickleError("bad storage type in persistent id")
+        if isinstance(numel, bool) or not isinstance(numel, int) or not 0 <= numel < _MAX_INDEX:
+            raise UnsafePickleError(f"storage declares an invalid element count {_short(numel)}")
+        return self._storage(str(key), stype, numel)
+
+
+def load_torchscript_tensors(path: str, name: str | None = None) -> dict[str, np.ndarray]:
+    """Every tensor attribute of a TorchScript archive's module tree, by dotted path
+    (``layers.conv1.weight``, ``lpips0``), read without executing anything from the file.
+
+    The archive is opened as a zip; only ``<root>/data.pkl`` (with the restricted unpickler:
+    ``__torch__`` classes become stubs, other globals are refused) and the ``data/<key>``
+    storages it references are read; each storage must hold the bytes it declares and each
+    tensor view must lie inside it. A malformed or hostile archive raises
+    :class:`UnsafePickleError` (a :class:`~jaxhead.errors.DataError`) naming the file.
+    """
+    import zipfile
+
+    where = name or str(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{where!r} is not a TorchScript archive (not a zip file)") from e
+    with zf:
+        pkls = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pkls) != 1:
+            raise DataError(f"{where!r} is not a TorchScript archive (no single "
+                            "<name>/data.pkl in the zip)")
+        root = pkls[0][: -len("data.pkl")]
+        cache: dict[str, np.ndarray] = {}
+
+        def storage(key: str, stype: _StorageType, numel: int) -> np.ndarray:
+            if key not in cache:
+                member = f"{root}data/{key}"
+                try:
+                    info = zf.getinfo(member)
+                except KeyError:
+                    raise UnsafePickleError(f"storage {key!r} is missing from the archive") \
+                        from None
+                nbytes = numel * stype.itemsize
+                if info.file_size < nbytes:
+                    raise UnsafePickleError(f"storage {key!r} declares {numel} elements "
+                                            f"({nbytes} bytes) but holds {info.file_size}")
+                raw = zf.read(member)[:nbytes]
+                cache[key] = _storage_bytes_to_array(raw, stype.dtype)
+            return cache[key]
+
+        if zf.getinfo(pkls[0]).file_size > _MAX_ARCHIVE_PICKLE:
+            raise UnsafePickleError(f"{where!r}: data.pkl is implausibly large")
+        f = io.BytesIO(zf.read(pkls[0]))
+        try:
+            obj = _TorchScriptUnpickler(f, storage).load()
+        except UnsafePickleError as e:
+            raise UnsafePickleError(f"{where!r}: {e}") from e
+        except EOFError as e:
+            raise DataError(f"{where!r}: data.pkl is empty or truncated") from e
+        except Exception as e:  # anything else raised while decoding untrusted bytes
+            msg = _short(str(e) or type(e).__name__, 200)
+            raise UnsafePickleError(f"{where!r}: malformed data.pkl ({type(e).__name__}: "
+                                    f"{msg})") from e
+    out: dict[str, np.ndarray] = {}
+    _collect_attributes(obj, "", out, ())
+    return out
+
+
+def _collect_attributes(obj: Any, prefix: str, out: dict[str, np.ndarray],
+                        path: tuple[int, ...]) -> None:
+    if not isinstance(obj, Stub):
+        return
+    if id(obj) in path or len(path) > 64:
+        raise DataError(f"the module tree contains a cycle at {prefix!r}")
+    for k, v in obj.state.items():
+        if isinstance(v, np.ndarray):
+            out[prefix + str(k)] = v
+        elif isinstance(v, Stub):
+            _collect_attributes(v, f"{prefix}{k}.", out, (*path, id(obj)))

@@ -84,6 +84,7 @@ class MappingNetwork(nn.Module):
     num_ws: int
     num_layers: int = 8
     lr_multiplier: float = 0.01
+    last_activation: str = "lrelu"  # PanoHead's t_mapping: "linear"
 
     @nn.compact
     def __call__(self, z: jax.Array, c: jax.Array, truncation_psi: float = 1.0,
@@ -94,7 +95,8 @@ class MappingNetwork(nn.Module):
             x = jnp.concatenate([x, normalize_2nd_moment(y)], axis=1)
         feats = [x.shape[1]] + [self.w_dim] * self.num_layers
         for i in range(self.num_layers):
-            x = FullyConnectedLayer(feats[i], feats[i + 1], activation="lrelu",
+            act = self.last_activation if i == self.num_layers - 1 else "lrelu"
+            x = FullyConnectedLayer(feats[i], feats[i + 1], activation=act,
                                     lr_multiplier=self.lr_multiplier, name=f"fc{i}")(x)
         w_avg = self.variable("buffers", "w_avg", jnp.zeros, (self.w_dim,)).value
         x = jnp.broadcast_to(x[:, None], (x.shape[0], self.num_ws, self.w_dim))

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxhead.errors import DataError
+from jaxhead.errors import DataError, MissingWeightsError
 from jaxhead.models.panohead.generator import PanoHeadConfig, TriPlaneGenerator
 from jaxhead.utils import params_io
 
@@ -106,19 +106,47 @@ class PanoHead:
              extra: dict[str, Any] | None = None) -> None:
         save_panohead(directory, self, params, extra)
 
-    def init(self, rng: jax.Array) -> Params:
+    def init(self, rng: jax.Array, *, t_mapping: bool = False) -> Params:
         """Random parameters (PyTorch-like init: N(0, 1) raw weights, zero biases, affine bias 1).
 
+        ``t_mapping=True`` adds the camera self-adaptation network (``params/t_mapping``,
+        ``buffers/t_mapping/w_avg``), which only inversion uses (:meth:`camera_offset`).
         Note the random model renders little (zero noise strengths, zero biases); tests and demos
         perturb it, see :func:`jaxhead.models.panohead.demo.demo_params`.
         """
         z = jnp.zeros((1, self.config.z_dim), jnp.float32)
         c = jnp.zeros((1, self.config.c_dim), jnp.float32)
-        return dict(self.module.init({"params": rng}, z, c))
+        out = dict(self.module.init({"params": rng}, z, c))
+        if t_mapping:
+            extra = self.module.init({"params": jax.random.fold_in(rng, 1)}, z, c,
+                                     method=TriPlaneGenerator.camera_offset)
+            out = {k: {**out.get(k, {}), **extra.get(k, {})} for k in ("params", "buffers")}
+        return out
 
-    def param_shapes(self) -> Params:
+    def param_shapes(self, *, t_mapping: bool = False) -> Params:
         """Shapes/dtypes of :meth:`init`'s result, without computing anything."""
-        return jax.eval_shape(self.init, jax.random.key(0))
+        return jax.eval_shape(functools.partial(self.init, t_mapping=t_mapping),
+                              jax.random.key(0))
+
+    @staticmethod
+    def has_t_mapping(params: Params) -> bool:
+        """Whether ``params`` carry the camera self-adaptation network ``t_mapping``."""
+        return "t_mapping" in params.get("params", {})
+
+    def camera_offset(self, params: Params, z: jax.Array, c: jax.Array,
+                      truncation_psi: float = 1.0) -> jax.Array:
+        """PanoHead's ``t_mapping``: z ``[N, z_dim]``, camera c ``[N, 25]`` -> translation
+        offset ``[N, 3]`` (world units) that the official forward adds to ``c[:, [3, 7, 11]]``.
+
+        Raises ``MissingWeightsError`` for generators converted without ``t_mapping``.
+        """
+        if not self.has_t_mapping(params):
+            raise MissingWeightsError(
+                "this PanoHead generator has no t_mapping (camera self-adaptation) weights, "
+                "which inversion needs: it was converted before they were kept; reconvert the "
+                f"official pickle: {CONVERT_HINT}")
+        return self.module.apply(params, z, c, truncation_psi,
+                                 method=TriPlaneGenerator.camera_offset)
 
     def mapping(self, params: Params, z: jax.Array, c: jax.Array, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None) -> jax.Array:
@@ -203,7 +231,9 @@ def load_panohead(directory: str | os.PathLike, *, verify: bool = True
                         f"{FORMAT!r} (convert it with: {CONVERT_HINT})")
     with params_io.data_errors(f"{where}/config.json"):
         G = PanoHead(PanoHeadConfig.from_dict(cfg["panohead"]))
-    params_io.check_tree(flat_params, G.param_shapes(), what=f"PanoHead parameters in {where!r}")
+    # Generators converted before t_mapping was kept load without it (inversion then refuses).
+    expected = G.param_shapes(t_mapping=PanoHead.has_t_mapping(flat_params))
+    params_io.check_tree(flat_params, expected, what=f"PanoHead parameters in {where!r}")
     return G, jax.tree.map(jnp.asarray, flat_params)
 
 

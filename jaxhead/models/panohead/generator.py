@@ -199,6 +199,10 @@ class TriPlaneGenerator(nn.Module):
                                                   c.conv_clamp)
         self.superresolution = SuperresolutionHybrid8XDC(32, c.w_dim, c.sr_antialias,
                                                          c.sr_conv_clamp)
+        # Camera self-adaptation (z, c -> translation offset). Only touched by camera_offset,
+        # so ``init`` (via __call__) leaves it out; see PanoHead.init(t_mapping=...).
+        self.t_mapping = MappingNetwork(c.z_dim, c.c_dim, 3, 1, c.mapping_layers,
+                                        lr_multiplier=1.0, last_activation="linear")
 
     def mapping(self, z: jax.Array, c: jax.Array, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None) -> jax.Array:
@@ -206,6 +210,12 @@ class TriPlaneGenerator(nn.Module):
         if self.cfg.c_gen_conditioning_zero:
             c = jnp.zeros_like(c)
         return self.backbone.mapping(z, c * self.cfg.c_scale, truncation_psi, truncation_cutoff)
+
+    def camera_offset(self, z: jax.Array, c: jax.Array, truncation_psi: float = 1.0
+                      ) -> jax.Array:
+        """``t_mapping(z, c)``: camera translation offset ``[N, 3]`` (the official
+        ``G.t_mapping`` called directly, as the projector does: no ``c_scale``)."""
+        return self.t_mapping(z, c, truncation_psi)[:, 0]
 
     def planes(self, ws: jax.Array, noise_mode: str = "const") -> jax.Array:
         """ws -> backbone tri-grid features ``[N, T, T, 96 * depth]`` (NHWC)."""

@@ -1,0 +1,234 @@
+"""Invert photos into PanoHead's W+ (and optionally tune the generator around them, PTI).
+
+    python -m jaxhead.invert --generator checkpoints/panohead --images dataset/ --out out/inv
+
+``--images``: a folder in PanoHead's preprocessed layout (crops + ``dataset.json``) or one
+image (camera from ``--yaw`` / ``--pitch``, frontal by default). Per image ``<stem>``:
+``<stem>.npz`` (``w`` [1, num_ws, 512] float32, the official ``projected_w.npz`` layout),
+``<stem>.json`` (final MSE, LPIPS, PSNR, steps, seconds, cameras), ``<stem>_compare.png``
+(target | reconstruction | reconstruction at +60 / -60 degrees yaw | from the back) and, with
+``--pti-steps N``, ``<stem>_pti/`` (the tuned generator in ``load_panohead``'s format).
+Identities are processed ``--batch`` at a time (split over the local devices).
+
+Nothing in OUT is overwritten: a stem whose ``.npz`` exists is skipped (so an interrupted run
+resumes); any other leftover output of a stem stops the run with its name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from jaxhead.camera import make_camera
+from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
+from jaxhead.inversion_data import Target, frontal_camera, list_targets, load_image
+from jaxhead.models.lpips_vgg import load_lpips_vgg
+from jaxhead.models.panohead import PanoHead, load_panohead, save_panohead
+from jaxhead.projector import Projector, ProjectorConfig, Targets
+from jaxhead.utils.params_io import write_text_atomic
+
+PERCEPTUAL = {"vgg16_nvidia": "checkpoints/vgg16_nvidia", "lpips_vgg": "checkpoints/lpips_vgg"}
+COMPARE_YAWS = (math.pi / 3, -math.pi / 3, math.pi)
+
+
+def outputs(out: Path, stem: str, pti: bool) -> list[Path]:
+    """The files a finished stem has (the ``.npz`` last: it marks the stem done)."""
+    files = [out / f"{stem}.json", out / f"{stem}_compare.png"]
+    if pti:
+        files.append(out / f"{stem}_pti")
+    return files + [out / f"{stem}.npz"]
+
+
+def pending(targets: list[Target], out: Path, pti: bool) -> list[Target]:
+    """Targets not yet done; refuses (``DataError``) if a stem has partial outputs."""
+    todo = []
+    for t in targets:
+        files = outputs(out, t.stem, pti)
+        if files[-1].exists():
+            continue
+        for f in files[:-1]:
+            if f.exists():
+                raise DataError(f"{str(f)!r} exists but {files[-1].name} does not (an "
+                                "interrupted or different run?): move it away or use another "
+                                "--out; nothing was overwritten")
+        todo.append(t)
+    return todo
+
+
+def psnr(mse_m11: np.ndarray) -> np.ndarray:
+    """PSNR in dB from the MSE of images in [-1, 1] (peak-to-peak 2)."""
+    return 10 * np.log10(4.0 / np.maximum(mse_m11, 1e-12))
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((img + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _write_png(path: Path, img: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(img).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def _write_npz(path: Path, w: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, w=w.astype(np.float32))
+    tmp.replace(path)
+
+
+def _mesh(batch: int) -> Mesh:
+    devices = jax.local_devices()
+    n = max(d for d in range(1, len(devices) + 1) if batch % d == 0)
+    return Mesh(np.array(devices[:n]), ("data",))
+
+
+def _place(tree, mesh: Mesh, batch: int, split: bool = True):
+    """Identity-axis arrays split over the mesh (``split``), everything else replicated.
+
+    PTI is not split: its per-identity generator weights make vmapped (grouped) convolutions
+    that XLA's SPMD partitioner currently mis-partitions on CPU."""
+    part = NamedSharding(mesh, PartitionSpec("data" if split else None))
+    rep = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(
+        x, part if x.ndim and x.shape[0] == batch else rep), tree)
+
+
+def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Path) -> None:
+    cfg = ProjectorConfig(num_steps=args.steps, ray_start=args.ray_start)
+    proj = Projector(G, params, lpips_params, cfg)
+    mesh = _mesh(args.batch)
+    print(f"w statistics from {cfg.w_avg_samples} samples ...", file=sys.stderr)
+    stats = proj.w_stats()
+    views = make_camera(jnp.array(COMPARE_YAWS), jnp.zeros(len(COMPARE_YAWS)))
+    render = jax.jit(lambda p, w, c: proj.render(p, w, c, jax.random.key(0)))
+    measure = jax.jit(lambda p, lp, w, tgt: proj.image_losses(
+        proj.render(p, w, tgt.c, jax.random.key(0)), tgt, lp))
+    key = jax.random.key(args.seed)
+    for g0 in range(0, len(targets), args.batch):
+        group = targets[g0:g0 + args.batch]
+        real = len(group)
+        group = group + [group[-1]] * (args.batch - real)  # fixed shapes: pad with a copy
+        t0 = time.perf_counter()
+        images = jnp.asarray(np.stack([load_image(t.path) for t in group]))
+        cams = jnp.asarray(np.stack([t.camera for t in group]))
+        tgt = _place(proj.targets(images, cams, stats), mesh, args.batch)
+        state = _place(proj.init(stats, args.batch), mesh, args.batch)
+        names = ", ".join(t.name for t in group[:real])
+        with tqdm(total=args.steps, desc=f"project {names}"[:60], unit="step",
+                  dynamic_ncols=True) as bar:
+            for i in range(args.steps):
+                state, terms = proj.step(state, tgt, stats, jax.random.fold_in(key, i))
+                if i % 10 == 0 or i == args.steps - 1:
+                    bar.set_postfix({k: f"{float(jnp.mean(v)):.4f}" for k, v in terms.items()})
+                bar.update()
+        w = state.w_opt
+        mse, perc = (np.asarray(x) for x in measure(params, lpips_params, w, tgt))
+        result = {"mse": mse, "lpips": perc}
+        tuned = None
+        if args.pti_steps:
+            pti = _place(proj.pti_init(args.batch), mesh, args.batch, split=False)
+            tgt_r, w_r = _place((tgt, w), mesh, args.batch, split=False)
+            with tqdm(total=args.pti_steps, desc="pivotal tuning", unit="step",
+                      dynamic_ncols=True) as bar:
+                for i in range(args.pti_steps):
+                    pti, terms = proj.pti_step(pti, tgt_r, w_r,
+                                               jax.random.fold_in(key, 10**6 + i))
+                    if i % 10 == 0 or i == args.pti_steps - 1:
+                        bar.set_postfix({k: f"{float(jnp.mean(v)):.4f}"
+                                         for k, v in terms.items()})
+                    bar.update()
+            tuned = pti
+        seconds = (time.perf_counter() - t0) / real
+        for j, t in enumerate(group[:real]):
+            p = params if tuned is None else proj.tuned_params(tuned, j)
+            w1 = w[j:j + 1]
+            if tuned is not None:
+                one = Targets(tgt.images[j:j + 1], tgt.features[j:j + 1], tgt.c[j:j + 1])
+                m, q = (float(np.asarray(x)[0]) for x in measure(p, lpips_params, w1, one))
+            recon = np.asarray(render(p, w1, tgt.c[j:j + 1]))
+            turned = np.asarray(render(p, jnp.repeat(w1, len(COMPARE_YAWS), 0), views))
+            tiles = [to_uint8(np.asarray(images[j])), to_uint8(recon[0])]
+            tiles += [to_uint8(x) for x in turned]
+            files = outputs(out, t.stem, tuned is not None)
+            info = {"image": t.name, "steps": args.steps, "seconds": round(seconds, 2),
+                    "mse": float(result["mse"][j]), "lpips": float(result["lpips"][j]),
+                    "psnr": float(psnr(result["mse"][j])), "perceptual": args.perceptual,
+                    "camera": [float(v) for v in t.camera],
+                    "camera_corrected": [float(v) for v in np.asarray(tgt.c[j])],
+                    "ray_start": proj.G.config.ray_start}
+            if tuned is not None:
+                info["pti"] = {"steps": args.pti_steps, "mse": m, "lpips": q,
+                               "psnr": float(psnr(np.float32(m))), "generator": files[2].name}
+            write_text_atomic(files[0], json.dumps(info, indent=1) + "\n")
+            _write_png(files[1], np.concatenate(tiles, axis=1))
+            if tuned is not None:
+                save_panohead(files[2], proj.G, p,
+                              extra={"source": "jaxhead.invert PTI", "image": t.name})
+            _write_npz(files[-1], np.asarray(w1))
+            tqdm.write(f"{t.name}: PSNR {info['psnr']:.2f} dB, LPIPS {info['lpips']:.4f}"
+                       + (f"; after PTI {info['pti']['psnr']:.2f} dB" if tuned else ""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = ArgumentParser(prog="python -m jaxhead.invert", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--generator", required=True, help="converted PanoHead directory")
+    ap.add_argument("--images", required=True, help="PanoHead-layout folder or one image")
+    ap.add_argument("--out", required=True, help="output directory")
+    ap.add_argument("--steps", type=int, default=500, help="projection steps (500)")
+    ap.add_argument("--pti-steps", type=int, default=0, help="pivotal tuning steps (0: off)")
+    ap.add_argument("--batch", type=int, default=1, help="identities per step (1)")
+    ap.add_argument("--yaw", type=float, default=0.0, help="one image's yaw, radians (0)")
+    ap.add_argument("--pitch", type=float, default=0.0, help="one image's pitch, radians (0)")
+    ap.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="vgg16_nvidia",
+                    help="which converted LPIPS-VGG16 (vgg16_nvidia)")
+    ap.add_argument("--perceptual-weights", default=None,
+                    help="its directory (default checkpoints/<perceptual>)")
+    ap.add_argument("--ray-start", type=float, default=2.35,
+                    help="render near plane during inversion (2.35, as the official script)")
+    ap.add_argument("--seed", type=int, default=0, help="w-noise and ray-sampling seed")
+    ap.add_argument("--no-verify", action="store_true", help="skip weight hash checks")
+    a = ap.parse_args(argv)
+    for name in ("steps", "batch"):
+        if getattr(a, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if a.pti_steps < 0:
+        raise UsageError(f"--pti-steps must be >= 0, got {a.pti_steps}")
+    images = Path(a.images)
+    if images.is_file() and images.suffix.lower() == ".json":
+        raise UsageError("--images takes the folder that holds dataset.json, not the file")
+    cam = frontal_camera(a.yaw, a.pitch) if images.is_file() else None
+    targets = list_targets(images, camera=cam)
+    for t in tqdm(targets, desc="checking images", unit="image", disable=len(targets) < 20):
+        load_image(t.path)  # every bad image is reported before any compute
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {str(out)!r} is a file, expected a directory")
+    G, params = load_panohead(a.generator, verify=not a.no_verify)
+    if not G.has_t_mapping(params):
+        G.camera_offset(params, jnp.zeros((1, G.z_dim)), jnp.zeros((1, 25)))  # raises, names fix
+    lp = load_lpips_vgg(a.perceptual_weights or PERCEPTUAL[a.perceptual],
+                        verify=not a.no_verify)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = pending(targets, out, a.pti_steps > 0)
+    if len(todo) < len(targets):
+        print(f"{len(targets) - len(todo)} of {len(targets)} images already done in {out}",
+              file=sys.stderr)
+    if todo:
+        run(a, G, params, lp, todo, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
