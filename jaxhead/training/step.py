@@ -9,6 +9,7 @@ generator copy, VAE, teacher, depth model and prompt embeddings. All randomness 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,12 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxhead import losses
 from jaxhead.models import vae as vae_lib
+from jaxhead.training import prompts
 from jaxhead.training.optim import merge, split_trainable
 from jaxhead.training.sampling import conditioning_ws
 from jaxhead.training.sharding import constrain_batch
 from jaxhead.training.terms import enabled_terms
-from jaxhead.training.views import StepContext, TeacherRows, enabled_views, maybe_remat
+from jaxhead.training.views import (
+    Scores,
+    StepContext,
+    TeacherRows,
+    enabled_views,
+    maybe_remat,
+)
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -32,7 +41,7 @@ sg = jax.lax.stop_gradient
 # The step's named PRNG streams. split() is prefix-stable, so a stream appended here leaves
 # every earlier stream (and so every recorded trajectory) unchanged.
 KEY_NAMES = ("z", "pose", "grid_pose", "noise_g", "noise_f", "render", "render_f", "vae",
-             "t_sv", "t_grid", "eps_sv", "eps_grid", "render_gf", "render_grid")
+             "t_sv", "t_grid", "eps_sv", "eps_grid", "render_gf", "render_grid", "terms")
 
 
 @flax.struct.dataclass
@@ -65,7 +74,16 @@ def _encode(ctx: StepContext, images: list[Array]) -> list[Array]:
 
 
 def _teacher(ctx: StepContext, rows: list[TeacherRows]):
-    """One teacher call over every view's rows; returns each view's slice of the output."""
+    """One teacher call over every group of rows; returns each group's slice of the output.
+
+    With extra prompt variants (``config.blend``, an objective's ``prompts``) or
+    view-dependent prompts, every row is asked once per variant in the same call (per-row
+    text embeddings) and each group gets :class:`Scores`; otherwise :class:`TeacherOutput`
+    as the plain CFG query."""
+    c = ctx.config
+    variants = prompts.variants(c)
+    if variants or any(r.view_dir is not None for r in rows):
+        return _teacher_variants(ctx, rows, variants)
     control = None
     if any(r.controlnet is not None for r in rows):
         size = next(r.control.shape[1:] for r in rows if r.control is not None)
@@ -73,7 +91,6 @@ def _teacher(ctx: StepContext, rows: list[TeacherRows]):
                                    jnp.zeros((len(r.x_t),) + size) for r in rows])
     assign = tuple(r.controlnet for r in rows for _ in range(len(r.x_t)))
     ts = jnp.asarray(ctx.models.timesteps)
-    c = ctx.config
     out = ctx.models.teacher.eps(
         ctx.frozen["teacher"], jnp.concatenate([r.x_t for r in rows]),
         jnp.concatenate([ts[r.step_idx] for r in rows]), ctx.frozen["text"]["cond"],
@@ -82,6 +99,44 @@ def _teacher(ctx: StepContext, rows: list[TeacherRows]):
     cuts = np.cumsum([len(r.x_t) for r in rows])[:-1]
     return [type(out)(*parts) for parts in zip(*(jnp.split(x, cuts) for x in out),
                                                strict=True)]
+
+
+def _teacher_variants(ctx: StepContext, rows: list[TeacherRows], variants: list[str]
+                      ) -> list[Scores]:
+    """The teacher call with per-row prompts: the rows once per prompt variant (style prompt
+    first), one UNet batch; the neutral prompt blended into ``eps_cond`` (IESD)."""
+    c, text = ctx.config, ctx.frozen["text"]
+    names = ["cond"] + variants
+    n = sum(len(r.x_t) for r in rows)
+    control = None
+    if any(r.controlnet is not None for r in rows):
+        size = next(r.control.shape[1:] for r in rows if r.control is not None)
+        control = jnp.concatenate([r.control if r.control is not None else
+                                   jnp.zeros((len(r.x_t),) + size) for r in rows])
+        control = jnp.concatenate([control] * len(names))
+    assign = tuple(r.controlnet for r in rows for _ in range(len(r.x_t))) * len(names)
+    ts = jnp.asarray(ctx.models.timesteps)
+    x = jnp.concatenate([r.x_t for r in rows])
+    t = jnp.concatenate([ts[r.step_idx] for r in rows])
+    cond = jnp.concatenate([prompts.row_text(text, v, r.view_dir, len(r.x_t))
+                            for v in names for r in rows])
+    out = ctx.models.teacher.eps(
+        ctx.frozen["teacher"], jnp.concatenate([x] * len(names)),
+        jnp.concatenate([t] * len(names)), cond, text["neg"], control, controlnet=assign,
+        control_scale=c.controlnet_scale, guidance_scale=c.guidance_scale)
+    eps_u = out.eps_uncond[:n]
+    conds = {v: out.eps_cond[i * n:(i + 1) * n] for i, v in enumerate(names)}
+    eps_c = conds["cond"]
+    if "blend" in conds:
+        eps_c = losses.blend_eps(eps_c, conds["blend"], c.blend.weight)
+    eps = losses.cfg_eps(eps_u, eps_c, c.guidance_scale)
+    extra = {v: conds[v] for v in variants if v.startswith("obj:")}
+    cuts = np.cumsum([len(r.x_t) for r in rows])[:-1]
+    split = lambda a: jnp.split(a, cuts)  # noqa: E731
+    parts_extra = {k: split(v) for k, v in extra.items()}
+    return [Scores(u, cc, e, {k: parts_extra[k][i] for k in extra})
+            for i, (u, cc, e) in enumerate(zip(split(eps_u), split(eps_c), split(eps),
+                                               strict=True))]
 
 
 def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Mapping[str, Array],
@@ -107,7 +162,18 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
     renders = [v.render(ctx) for v in views]
     latents = _encode(ctx, [r["images"] for r in renders])
     rows = [v.rows(ctx, r, lat) for v, r, lat in zip(views, renders, latents, strict=True)]
-    outs = _teacher(ctx, rows)
+    ctx = dataclasses.replace(ctx, views={
+        v.name: {"render": r, "latents": lat, "rows": row}
+        for v, r, lat, row in zip(views, renders, latents, rows, strict=True)})
+    active = enabled_terms(c)
+    # terms that ask the teacher too (StyleGAN-Fusion's regularizers) join the one call
+    term_rows = {t.name: t.rows(ctx) for t in active if hasattr(t, "rows")}
+    term_rows = {k: r for k, r in term_rows.items() if r is not None}
+    outs = _teacher(ctx, rows + list(term_rows.values()))
+    outs, term_outs = outs[:len(rows)], dict(zip(term_rows, outs[len(rows):], strict=True))
+    ctx = dataclasses.replace(ctx, views={
+        v.name: {**ctx.views[v.name], "out": out} for v, out in zip(views, outs, strict=True)},
+        term_outs=term_outs)
     terms: dict[str, Array] = {}
     aux: dict[str, Any] = {}
     for v, r, lat, row, out in zip(views, renders, latents, rows, outs, strict=True):
@@ -115,8 +181,11 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
         terms.update(t)
         aux.update(a)
     term_state = {}
-    for term in enabled_terms(c):
-        terms[term.name], term_state[term.name] = term(state.term_state[term.name], ctx)
+    for term in active:
+        value, new = term(state.term_state.get(term.name), ctx)
+        terms[term.name] = value
+        if term.stateful:
+            term_state[term.name] = new
     aux.update(terms=terms, term_state=term_state)
     return sum(terms.values()), aux
 
@@ -165,7 +234,8 @@ def init_state(models: Any, frozen: Params, config, optimizer) -> TrainState:
     root = jax.random.key(int(config.seed))
     trainable = split_trainable(frozen["generator"], tuple(config.optimizer.trainable))
     trainable = jax.tree.map(lambda x: jnp.array(x, copy=True), trainable)
-    term_state = {t.name: t.init(models, frozen, root) for t in enabled_terms(config)}
+    term_state = {t.name: t.init(models, frozen, root) for t in enabled_terms(config)
+                  if t.stateful}
     return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
                       opt_state=optimizer.init(trainable), term_state=term_state,
                       rng=jax.random.key_data(root))
