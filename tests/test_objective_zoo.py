@@ -295,3 +295,33 @@ def test_term_config_errors_and_missing_weights(tmp_path):
     assert "python -m convert_weights.arcface" in msg and "terms.identity.weight=0" in msg
     with pytest.raises(MissingWeightsError, match="convert_weights.clip"):
         load_models(validate_config(c))
+
+
+# --- SAS whitening-colouring (style statistics passed in) -----------------------------------
+
+
+def test_whiten_colour_identity_and_style_statistics():
+    from jaxhead.losses import sas
+
+    k = jax.random.split(jax.random.key(20), 3)
+    mix = jnp.array([[1.0, 0.3, 0.0, 0.1], [0.0, 0.8, 0.2, 0.0], [0.2, 0.0, 1.5, 0.4],
+                     [0.0, 0.1, 0.0, 0.6]])
+    z = jax.random.normal(k[0], (2, 16, 16, 4)) @ mix + jnp.array([0.5, -1.0, 0.2, 0.0])
+    wc = jax.jit(sas.whiten_colour)
+    # matching statistics: the identity (the printed form is not)
+    mu, cov = sas.channel_stats(z[:1])
+    np.testing.assert_allclose(np.asarray(wc(z[:1], mu[0], cov[0])), np.asarray(z[:1]),
+                               atol=2e-5)
+    # arbitrary style statistics: the output has exactly them
+    a = jax.random.normal(k[1], (4, 4))
+    style_cov = a @ a.T + 0.1 * jnp.eye(4)
+    style_mean = jax.random.normal(k[2], (4,))
+    out = wc(z, style_mean, style_cov)
+    mo, co = sas.channel_stats(out)
+    for i in range(2):
+        np.testing.assert_allclose(np.asarray(mo[i]), np.asarray(style_mean), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(co[i]), np.asarray(style_cov), atol=1e-4)
+    # whitening alone (no colouring) would leave identity covariance instead
+    assert not np.allclose(np.asarray(co[0]), np.eye(4), atol=1e-2)
+    g = jax.grad(lambda x: jnp.sum(sas.sas_loss(x, out, 2.0)))(z)
+    np.testing.assert_allclose(np.asarray(g), 2.0 * np.asarray(z - out), rtol=1e-5, atol=1e-6)
