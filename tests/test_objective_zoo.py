@@ -191,34 +191,35 @@ def test_objective_prompts_reach_the_objective():
 
 
 def test_relative_distance():
+    rd = jax.jit(reg.relative_distance)
     t = _rand(7, (3, 4, 4, 3, 5))
-    assert float(reg.relative_distance(t, t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(rd(t, t)) == pytest.approx(0.0, abs=1e-6)
     # all distances doubled: |4 - 1| = 3 (a uniform scale is penalised, not only ratios)
-    assert float(reg.relative_distance(2 * t, t)) == pytest.approx(3.0, rel=1e-5)
+    assert float(rd(2 * t, t)) == pytest.approx(3.0, rel=1e-5)
     tp = _rand(8, (3, 4, 4, 3, 5))
     ref = np.mean([np.abs(np.sum((np.asarray(tp[i]) - np.asarray(tp[j])) ** 2, -2)
                           / (np.sum((np.asarray(t[i]) - np.asarray(t[j])) ** 2, -2) + 1e-8)
                           - 1) for i, j in [(0, 1), (0, 2), (1, 2)]])
-    assert float(reg.relative_distance(tp, t)) == pytest.approx(ref, rel=1e-5)
+    assert float(rd(tp, t)) == pytest.approx(ref, rel=1e-5)
     with pytest.raises(ValueError, match=">= 2"):
         reg.relative_distance(t[:1], t[:1])
 
 
 def test_displacement_variance():
+    dv = jax.jit(reg.displacement_variance)
     k = jax.random.split(jax.random.key(9), 4)
     df = jax.random.uniform(k[0], (3, 6, 6, 1), minval=2.3, maxval=3.2)
     mask = (jax.random.uniform(k[1], (6, 6, 1)) > 0.3).astype(jnp.float32)
     shared = jax.random.normal(k[2], (1, 6, 6, 1))
-    assert float(reg.displacement_variance(df + shared, df, mask)) == pytest.approx(0.0,
-                                                                                    abs=1e-10)
+    assert float(dv(df + shared, df, mask)) == pytest.approx(0.0, abs=1e-10)
     d = df + 0.1 * jax.random.normal(k[3], df.shape)
-    v = float(reg.displacement_variance(d, df, mask))
+    v = float(dv(d, df, mask))
     assert v > 0
-    assert float(reg.displacement_variance(d + shared, df, mask)) == pytest.approx(v, rel=1e-5)
+    assert float(dv(d + shared, df, mask)) == pytest.approx(v, rel=1e-5)
     disp = np.asarray(d - df)[..., 0]
     m = np.asarray(mask)[..., 0]
     assert v == pytest.approx(float((m * disp.var(0)).sum() / m.sum()), rel=1e-5)
-    g = np.asarray(jax.grad(reg.displacement_variance)(d, df, mask))
+    g = np.asarray(jax.jit(jax.grad(reg.displacement_variance))(d, df, mask))
     closed = 2 * np.asarray(mask) * (np.asarray(d - df) - np.asarray(d - df).mean(0)) / (
         3 * float(m.sum()))
     np.testing.assert_allclose(g, closed, rtol=1e-4, atol=1e-9)
@@ -325,3 +326,21 @@ def test_whiten_colour_identity_and_style_statistics():
     assert not np.allclose(np.asarray(co[0]), np.eye(4), atol=1e-2)
     g = jax.grad(lambda x: jnp.sum(sas.sas_loss(x, out, 2.0)))(z)
     np.testing.assert_allclose(np.asarray(g), 2.0 * np.asarray(z - out), rtol=1e-5, atol=1e-6)
+
+
+def test_zoo_is_selectable_and_tunable_from_the_command_line():
+    from jaxhead.train import parse_config
+
+    c = parse_config(["--config", "configs/demo.py", "--config.objective=csd",
+                      "--config.objective_kw.t_range=(0.1, 0.5)",
+                      "--config.objective_kw.weighting=uniform", "--config.batch_size=2",
+                      "--config.terms.relative_distance.weight=0.5",
+                      "--config.blend.enabled=True", "--config.blend.weight=0.3",
+                      "--config.view_prompts=True"])
+    c = validate_config(c[0] if isinstance(c, tuple) else c)
+    assert losses.objective_kwargs(c.objective, c.objective_kw, c.guidance_scale) == {
+        "guidance_scale": 7.5, "weighting": "uniform"}
+    assert _ctx(c).t_range(c.single) == (0.1, 0.5)
+    assert c.terms.relative_distance.weight == 0.5 and c.blend.weight == 0.3
+    assert set(prompts.prompt_texts(c)) == {"cond", "neg", "cond_views", "blend",
+                                            "blend_views"}
