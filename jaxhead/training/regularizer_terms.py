@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from jaxhead import losses
 from jaxhead.diffusion import add_noise
 from jaxhead.losses import regularizers as reg
+from jaxhead.metrics.clip import image_embeds
+from jaxhead.metrics.identity import face_embeddings  # (its landmarks are made at import)
 from jaxhead.models import vae as vae_lib
 from jaxhead.training.sampling import sample_cameras
 from jaxhead.training.terms import register_term
@@ -124,8 +126,6 @@ class Identity(_Stateless):
         return arcface.load_arcface(config.models.arcface)
 
     def __call__(self, state, ctx) -> tuple[Array, None]:
-        from jaxhead.metrics.identity import face_embeddings
-
         v, B = self.single(ctx), ctx.batch
         params = ctx.frozen["terms"][self.name]
         cams = v["render"]["cameras"]
@@ -177,8 +177,6 @@ class Nada(_Stateless):
         return {"clip": params, "text_dir": text_dir}
 
     def __call__(self, state, ctx) -> tuple[Array, None]:
-        from jaxhead.metrics.clip import image_embeds
-
         v, B = self.single(ctx), ctx.batch
         p = ctx.frozen["terms"][self.name]
         img = 0.5 * (v["render"]["images"][:B] + 1)
