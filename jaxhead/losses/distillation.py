@@ -130,7 +130,7 @@ def sds_weight(alpha_bar: Array, weighting: str) -> Array:
 def csd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
              guidance_scale: float | Array = 7.5, weighting: str = "sds",
              noise: Array | None = None, score_transform: ScoreTransform | None = None) -> Array:
-    """Classifier score distillation (Yu et al. 2023, arXiv 2310.19415, Eq. 7): the guidance
+    """Classifier score distillation (Yu et al. 2023, arXiv 2310.19415): the guidance
     term alone, ``dL/dz = w(t) T(s (eps_c - eps_u))``, ``w = 1 - abar`` by default (no injected
     noise, no unconditional term). ``noise`` is unused.
     """
@@ -149,7 +149,7 @@ def nfsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
               timestep: Array, eps_prompts: dict[str, Array], guidance_scale: float | Array = 7.5,
               t_switch: int = 200, weighting: str = "sds", noise: Array | None = None,
               score_transform: ScoreTransform | None = None) -> Array:
-    """Noise-free score distillation (Katzir et al., ICLR 2024, arXiv 2310.17590, Eq. 9):
+    """Noise-free score distillation (Katzir et al., ICLR 2024, arXiv 2310.17590):
     ``dL/dz = w(t) T(delta_D + s delta_C)`` with the condition direction
     ``delta_C = eps_c - eps_u`` and the in-domain direction ``delta_D = eps_u`` for
     ``t < t_switch`` (200 of 1000: little noise left, ``eps_u`` is the domain correction) and
@@ -169,7 +169,7 @@ def nfsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
 
 
 def blend_eps(eps_style: Array, eps_neutral: Array, weight: float | Array) -> Array:
-    """HeadSculpt's identity-aware editing blend (IESD, arXiv 2306.03038, Eq. 7):
+    """HeadSculpt's identity-aware editing blend (IESD, HeadSculpt Eq. 7):
     ``w eps(x_t; y_hat) + (1 - w) eps(x_t; y)`` of the style-prompt and neutral-prompt
     predictions at the same ``x_t``, noise and control (``w = omega_e``, 0.6 in the paper).
     Both CFG branches share ``eps_uncond``, so blending the conditional predictions before

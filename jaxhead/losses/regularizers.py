@@ -77,7 +77,7 @@ def unit(x: Array, eps: float = 1e-8) -> Array:
 
 
 def clip_direction_loss(img_emb: Array, img_emb_frozen: Array, text_dir: Array) -> Array:
-    """StyleGAN-NADA's directional CLIP loss (Gal et al. 2022, Eq. 2):
+    """StyleGAN-NADA's directional CLIP loss (Gal et al. 2022):
     ``1 - cos(E_I(G_train(w)) - E_I(G_frozen(w)), E_T(target) - E_T(source))`` per sample
     ``[B]``, each image embedding normalised before the difference (as NADA's ``CLIPLoss``).
     ``text_dir`` ``[D]``: the (normalised) text direction. A zero image change (the first
