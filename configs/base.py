@@ -12,6 +12,7 @@ import math
 import ml_collections
 
 from jaxhead.training.config import objective_kw_config
+from jaxhead.training.terms import terms_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -30,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.models.lpips = "checkpoints/lpips_alex"  # python -m convert_weights.lpips (if lpips_weight)
     c.models.teacher_dtype = "float32"  # "bfloat16": frozen teacher params + activations in bf16
     c.models.shard_teacher = False  # shard the frozen teacher's params over the devices
+    c.models.clip = "checkpoints/clip-vit-b32"  # python -m convert_weights.clip (terms.nada)
+    c.models.arcface = "checkpoints/arcface_r50"  # convert_weights.arcface (terms.identity)
     # with models "demo" only: "gaussian" (an analytic teacher pulling latents towards a palette,
     # jaxhead.training.demo_teacher) or "random_sd" (a tiny random-weight SD stack)
     c.demo_teacher = "random_sd"
@@ -57,15 +60,28 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- teacher and objective
     c.num_inference_steps = 50  # DDIM schedule the step indices refer to
-    c.objective = "ld"  # a name registered in jaxhead.losses.OBJECTIVES (ld | sds | bsd)
+    # a name registered in jaxhead.losses.OBJECTIVES: ld | sds | bsd | sds_dreamfusion | csd |
+    # nfsd (docs/objectives.md)
+    c.objective = "ld"
     # the objective's keyword arguments (unset = its registered default), e.g.
     # --config.objective_kw.form=paper (LD with the full CFG eps as the score; default official:
-    # s (eps_c - eps_u) sqrt(abar)) or, for sds, form=standard (DreamFusion) / official
+    # s (eps_c - eps_u) sqrt(abar)) or, for sds, form=standard (DreamFusion) / official;
+    # objective_kw.t_range replaces the views' t_range (sds_dreamfusion, csd and nfsd register
+    # (0.02, 0.98)); objective_kw.negative_quality_prompt: NFSD's negative prompt
     c.objective_kw = objective_kw_config()
     c.guidance_scale = 7.5  # teacher CFG scale (also the objective's unless objective_kw sets it)
     c.controlnet_scale = 1.0
     c.alpha_index = "step"  # "step": alphas_cumprod[step index] as the official code;
     #                         "timestep": alphas_cumprod[timestep] (the formula's abar_t)
+    # view-dependent prompts: the single view's rows use the prompt + ", front view" /
+    # ", side view" / ", back view" by the camera's yaw (|yaw| < 45 deg front, > 135 deg back)
+    c.view_prompts = False
+    # identity-aware prompt blend (HeadSculpt's IESD): eps_cond = w eps(x_t; prompt) +
+    # (1 - w) eps(x_t; blend.prompt), same x_t, noise and control; works with any objective
+    c.blend = ml_collections.ConfigDict()
+    c.blend.enabled = False
+    c.blend.weight = 0.6  # omega_e (HeadSculpt: 0.6); 1 = the style prompt alone
+    c.blend.prompt = "Portrait of a person"  # the neutral prompt y
     c.grad_mask = True  # multiply by the frozen generator's 64 px opacity
     c.grad_div = 1000.0
     c.grad_clamp = 1.0
@@ -102,6 +118,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.tweedie_weight = 0.1  # |x0_hat - (img + 1) / 2|^2 of the single view
     c.ldis_weight = 1.0  # relative distances of tri-planes of consecutive batches
     c.lpips_weight = 0.05  # LPIPS(alex) of x0_hat vs the single-view render (official)
+    # regularising terms of the baselines (jaxhead.training.regularizer_terms), each
+    # terms.<name>.weight (0 = off) and its options: relative_distance (DiffusionGAN3D, batch
+    # >= 2), displacement_variance (StyleMM CDL, batch >= 2), nada (StyleGAN-NADA CLIP
+    # direction: source, target), identity (ArcFace 1 - cos), sgf_directional and
+    # sgf_reconstruction (StyleGAN-Fusion: div, clamp)
+    c.terms = terms_config()
 
     # --- resuming and divergence
     c.resume_changed = ()  # fields allowed to differ from the workdir's saved config.json

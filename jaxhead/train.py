@@ -51,7 +51,7 @@ def state_shardings(config, models: Models, frozen, optimizer, mesh):
     batch = sharding.batch_sharded(mesh, config.mesh_axis)
     sh = jax.tree.map(lambda _: rep, abstract)
     return sh.replace(term_state={t.name: t.state_sharding(batch, rep)
-                                  for t in enabled_terms(config)})
+                                  for t in enabled_terms(config) if t.stateful})
 
 
 def build(config, perceptual_fn: Any = None) -> Built:

@@ -114,6 +114,70 @@ def bsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
     return t(a * c + (1 - a) * d) * jnp.sqrt(_bcast(alpha_bar, c))
 
 
+def sds_weight(alpha_bar: Array, weighting: str) -> Array:
+    """Timestep weight ``w(t)`` of the SDS family: ``"sds"`` DreamFusion's ``1 - abar``
+    (sigma_t^2), ``"uniform"`` 1, ``"fantasia3d"`` ``sqrt(abar) (1 - abar)`` (threestudio's
+    names)."""
+    if weighting == "sds":
+        return 1 - alpha_bar
+    if weighting == "uniform":
+        return jnp.ones_like(alpha_bar)
+    if weighting == "fantasia3d":
+        return jnp.sqrt(alpha_bar) * (1 - alpha_bar)
+    raise ValueError(f"unknown weighting {weighting!r} (sds | uniform | fantasia3d)")
+
+
+def csd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
+             guidance_scale: float | Array = 7.5, weighting: str = "sds",
+             noise: Array | None = None, score_transform: ScoreTransform | None = None) -> Array:
+    """Classifier score distillation (Yu et al. 2023, arXiv 2310.19415): the guidance
+    term alone, ``dL/dz = w(t) T(s (eps_c - eps_u))``, ``w = 1 - abar`` by default (no injected
+    noise, no unconditional term). ``noise`` is unused.
+    """
+    del noise
+    t = score_transform or _identity
+    eps_uncond, eps_cond = jax.lax.stop_gradient((eps_uncond, eps_cond))
+    w = sds_weight(_bcast(alpha_bar, eps_cond), weighting)
+    return w * t(guidance_score(eps_uncond, eps_cond, guidance_scale))
+
+
+NFSD_NEGATIVE = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, "
+                 "dark, low-resolution, gloomy")
+
+
+def nfsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
+              timestep: Array, eps_prompts: dict[str, Array], guidance_scale: float | Array = 7.5,
+              t_switch: int = 200, weighting: str = "sds", noise: Array | None = None,
+              score_transform: ScoreTransform | None = None) -> Array:
+    """Noise-free score distillation (Katzir et al., ICLR 2024, arXiv 2310.17590):
+    ``dL/dz = w(t) T(delta_D + s delta_C)`` with the condition direction
+    ``delta_C = eps_c - eps_u`` and the in-domain direction ``delta_D = eps_u`` for
+    ``t < t_switch`` (200 of 1000: little noise left, ``eps_u`` is the domain correction) and
+    ``delta_D = eps_u - eps_neg`` otherwise, ``eps_neg`` the prediction for the negative
+    prompt ``eps_prompts["negative_quality_prompt"]`` (:data:`NFSD_NEGATIVE`). The injected
+    noise is never subtracted (``noise`` unused). ``timestep`` ``[B]``: the diffusion timestep
+    of each row (0..999).
+    """
+    del noise
+    tr = score_transform or _identity
+    eps_neg = eps_prompts["negative_quality_prompt"]
+    eps_uncond, eps_cond, eps_neg = jax.lax.stop_gradient((eps_uncond, eps_cond, eps_neg))
+    low = _bcast(jnp.asarray(timestep) < t_switch, eps_cond)
+    delta_d = jnp.where(low, eps_uncond, eps_uncond - eps_neg)
+    score = delta_d + guidance_score(eps_uncond, eps_cond, guidance_scale)
+    return sds_weight(_bcast(alpha_bar, eps_cond), weighting) * tr(score)
+
+
+def blend_eps(eps_style: Array, eps_neutral: Array, weight: float | Array) -> Array:
+    """HeadSculpt's identity-aware editing blend (IESD, HeadSculpt Eq. 7):
+    ``w eps(x_t; y_hat) + (1 - w) eps(x_t; y)`` of the style-prompt and neutral-prompt
+    predictions at the same ``x_t``, noise and control (``w = omega_e``, 0.6 in the paper).
+    Both CFG branches share ``eps_uncond``, so blending the conditional predictions before
+    guidance equals blending the two guided predictions."""
+    w = _bcast(weight, eps_style)
+    return w * eps_style + (1 - w) * eps_neutral
+
+
 def rank_weighting(score: Array, weights: Sequence[float] = (1.0, 0.75, 0.5, 0.25), *,
                    renorm: bool = True) -> Array:
     """Rank-weighted score (Eq. 11): per sample, SVD of the score as ``[C, h*w]``, singular

@@ -15,7 +15,24 @@ precedence (last wins): ``guidance_scale=config.guidance_scale``, the defaults r
 the objective, the ``objective_kw`` values that are set. Register a new one with
 
     from jaxhead.losses import register_objective
-    register_objective("my_obj", my_grad_fn, guidance_scale=10.0)
+    register_objective("my_obj", my_grad_fn, guidance_scale=10.0, t_range=(0.02, 0.98))
+
+Besides keyword defaults an objective may register
+
+* ``t_range``: its timestep range as a fraction of the DDIM steps (0 = the noisiest step, the
+  views' own convention); it replaces every view's ``t_range`` (a view's ``step_range``, when
+  set, still wins). ``objective_kw.t_range`` overrides it; objectives without one use the
+  views' ranges.
+* ``alpha_index``: ``"timestep"`` to get ``alpha_bar = alphas_cumprod[timestep]`` whatever
+  ``config.alpha_index`` says (whose default ``"step"`` reproduces the stylization code's
+  indexing by the DDIM step index, right for ``ld``/``sds``/``bsd`` only); the objectives
+  ported from other code bases (``sds_dreamfusion``, ``csd``, ``nfsd``) register it.
+* ``prompts``: ``{key: default text}`` of extra prompts it needs predictions for. The step
+  adds teacher rows (same ``x_t``, noise, control) conditioned on each and hands the
+  conditional predictions to the function as ``eps_prompts={key: [B, h, w, 4]}``;
+  ``objective_kw.<key>`` overrides the text.
+
+A function that accepts ``timestep`` gets each row's diffusion timestep ``[B]`` (int).
 
 before the config is loaded (e.g. at the top of your config file); validation, the step and
 ``objective_kw``'s fields all read this registry.
@@ -29,12 +46,20 @@ from typing import Any, NamedTuple
 
 import jax
 
-from jaxhead.losses.distillation import bsd_grad, ld_grad, sds_grad
+from jaxhead.losses.distillation import (
+    NFSD_NEGATIVE,
+    bsd_grad,
+    csd_grad,
+    ld_grad,
+    nfsd_grad,
+    sds_grad,
+)
 
 Array = jax.Array
 
 # Keyword arguments the step supplies itself (not tunable through objective_kw).
-STEP_ARGS = ("noise", "alpha_bar", "score_transform")
+STEP_ARGS = ("noise", "alpha_bar", "score_transform", "timestep", "eps_prompts")
+T_RANGE = "t_range"  # the objective_kw field overriding an objective's timestep range
 
 
 class Objective(NamedTuple):
@@ -42,6 +67,9 @@ class Objective(NamedTuple):
 
     fn: Callable[..., Array]
     defaults: Mapping[str, Any]
+    t_range: tuple[float, float] | None = None  # fraction of the DDIM steps; None: the views'
+    prompts: Mapping[str, str] = {}  # extra prompt key -> default text (eps_prompts)
+    alpha_index: str | None = None  # "timestep" / "step": which abar it gets; None: config's
 
     @property
     def keywords(self) -> tuple[str, ...]:
@@ -54,12 +82,20 @@ class Objective(NamedTuple):
     def takes_score_transform(self) -> bool:
         return "score_transform" in inspect.signature(self.fn).parameters
 
+    def takes(self, name: str) -> bool:
+        """``fn`` has a parameter ``name`` (e.g. ``timestep``, ``eps_prompts``)."""
+        return name in inspect.signature(self.fn).parameters
+
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register_objective(name: str, fn: Callable[..., Array], **defaults: Any) -> None:
-    """Add (or replace) objective ``name``; ``defaults`` override ``fn``'s own defaults."""
+def register_objective(name: str, fn: Callable[..., Array], *,
+                       t_range: tuple[float, float] | None = None,
+                       prompts: Mapping[str, str] | None = None,
+                       alpha_index: str | None = None, **defaults: Any) -> None:
+    """Add (or replace) objective ``name``; ``defaults`` override ``fn``'s own defaults;
+    ``t_range`` and ``prompts`` as in the module docstring."""
     params = inspect.signature(fn).parameters
     for req in ("noise", "alpha_bar"):
         if req not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -69,7 +105,18 @@ def register_objective(name: str, fn: Callable[..., Array], **defaults: Any) -> 
     if unknown:
         raise TypeError(f"objective {name!r}: {unknown} are not keyword parameters of "
                         f"{fn.__name__}")
-    OBJECTIVES[name] = Objective(fn, dict(defaults))
+    if prompts and "eps_prompts" not in params:
+        raise TypeError(f"objective {name!r}: {fn.__name__} registers prompts but does not "
+                        "accept eps_prompts")
+    if t_range is not None and not 0.0 <= t_range[0] < t_range[1] <= 1.0:
+        raise ValueError(f"objective {name!r}: t_range must satisfy 0 <= lo < hi <= 1, got "
+                         f"{t_range}")
+    if alpha_index not in (None, "step", "timestep"):
+        raise ValueError(f"objective {name!r}: alpha_index must be None, 'step' or "
+                         f"'timestep', got {alpha_index!r}")
+    OBJECTIVES[name] = Objective(fn, dict(defaults),
+                                 None if t_range is None else tuple(map(float, t_range)),
+                                 dict(prompts or {}), alpha_index)
 
 
 def objective_kwargs(name: str, overrides: Mapping[str, Any],
@@ -77,7 +124,8 @@ def objective_kwargs(name: str, overrides: Mapping[str, Any],
     """The keyword arguments objective ``name`` is called with (see the module docstring).
 
     ``overrides`` holds ``objective_kw``; entries that are ``None`` (unset) are skipped, and
-    a set entry the objective does not take raises ``ValueError``."""
+    a set entry the objective does not take (a keyword or prompt of another objective)
+    raises ``ValueError``; ``t_range`` and the objective's own prompts are not passed."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r} (registered: {sorted(OBJECTIVES)})")
     obj = OBJECTIVES[name]
@@ -85,7 +133,8 @@ def objective_kwargs(name: str, overrides: Mapping[str, Any],
     if "guidance_scale" in obj.keywords:
         kw["guidance_scale"] = guidance_scale
     kw.update(obj.defaults)
-    set_ = {k: v for k, v in overrides.items() if v is not None}
+    set_ = {k: v for k, v in overrides.items() if v is not None and k != T_RANGE
+            and k not in obj.prompts}
     bad = sorted(set(set_) - set(obj.keywords))
     if bad:
         raise ValueError(f"objective_kw {bad} are not parameters of objective {name!r} "
@@ -94,17 +143,40 @@ def objective_kwargs(name: str, overrides: Mapping[str, Any],
     return kw
 
 
+def objective_t_range(name: str, overrides: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The timestep range (fraction of the DDIM steps) of objective ``name``:
+    ``objective_kw.t_range`` if set, else its registered range, else None (the views')."""
+    tr = overrides.get(T_RANGE)
+    if tr is None:
+        tr = OBJECTIVES[name].t_range
+    return None if tr is None else (float(tr[0]), float(tr[1]))
+
+
+def objective_prompts(name: str, overrides: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: text}`` of the extra prompts objective ``name`` needs (texts from
+    ``objective_kw`` where set)."""
+    return {k: overrides.get(k) or text for k, text in OBJECTIVES[name].prompts.items()}
+
+
 def objective_kw_fields() -> dict[str, Any]:
     """``{keyword: example default}`` over every registered objective: the fields of
     ``config.objective_kw`` (each unset by default; its type is that of the default)."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {T_RANGE: (0.0, 1.0)}
     for obj in OBJECTIVES.values():
         sig = inspect.signature(obj.fn).parameters
         for k in obj.keywords:
             out.setdefault(k, obj.defaults.get(k, sig[k].default))
+        for k, text in obj.prompts.items():
+            out.setdefault(k, text)
     return out
 
 
 register_objective("ld", ld_grad, form="official")
 register_objective("sds", sds_grad, form="official")  # the stylization code's SDS switch
 register_objective("bsd", bsd_grad)
+# DreamFusion (Poole et al. 2022): w(t) (eps_cfg - eps), w = 1 - abar, CFG 100, t ~ U(0.02, 0.98)
+register_objective("sds_dreamfusion", sds_grad, form="standard", guidance_scale=100.0,
+                   t_range=(0.02, 0.98), alpha_index="timestep")
+register_objective("csd", csd_grad, t_range=(0.02, 0.98), alpha_index="timestep")
+register_objective("nfsd", nfsd_grad, guidance_scale=7.5, t_range=(0.02, 0.98),
+                   alpha_index="timestep", prompts={"negative_quality_prompt": NFSD_NEGATIVE})

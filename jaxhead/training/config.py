@@ -17,6 +17,7 @@ from jaxhead import losses
 from jaxhead.errors import UsageError
 from jaxhead.training.controls import CONTROLS
 from jaxhead.training.optim import OPTIMIZERS
+from jaxhead.training.terms import enabled_terms
 from jaxhead.training.views import VIEWS
 
 
@@ -114,6 +115,19 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
                 "single.base_weight", "single.mirror_weight"):
         if not get(config, key) >= 0:
             errs.append(f"{key} must be >= 0, got {get(config, key)}")
+    for name in config.terms:
+        if not config.terms[name].weight >= 0:
+            errs.append(f"terms.{name}.weight must be >= 0, got {config.terms[name].weight}")
+    for term in enabled_terms(config):
+        if hasattr(term, "validate"):
+            errs += term.validate(config)
+    if not 0.0 <= config.blend.weight <= 1.0:
+        errs.append(f"blend.weight must be in [0, 1], got {config.blend.weight}")
+    if config.blend.enabled and not config.blend.prompt:
+        errs.append("blend.prompt is empty (the neutral prompt of the blend)")
+    tr = config.objective_kw.get("t_range")
+    if tr is not None and not (len(tr) == 2 and 0.0 <= tr[0] < tr[1] <= 1.0):
+        errs.append(f"objective_kw.t_range must be (lo, hi) with 0 <= lo < hi <= 1, got {tr}")
     if config.objective in losses.OBJECTIVES:
         try:
             losses.objective_kwargs(config.objective, config.objective_kw,

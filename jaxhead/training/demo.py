@@ -26,6 +26,7 @@ from jaxhead.training.demo_teacher import GaussianTeacher, PoolingVAE, palette_i
 from jaxhead.training.models import (
     Models,
     controlnet_names,
+    term_params,
     text_embeddings,
     uses_depth_model,
     uses_lpips,
@@ -129,8 +130,12 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
         lpips_params = lpips_lib.random_params(jax.random.key(seed + 13))
     models = Models(G, vae_mod, teacher, alphas, sched.timesteps(config.num_inference_steps),
                     depth, demo=True)
-    return models, {"generator": g_params, "vae": vae_params, "teacher": t_params,
-                    "depth": d_params, "text": text, "lpips": lpips_params}
+    frozen = {"generator": g_params, "vae": vae_params, "teacher": t_params,
+              "depth": d_params, "text": text, "lpips": lpips_params}
+    tp = term_params(config, demo=True)
+    if tp:
+        frozen["terms"] = tp
+    return models, frozen
 
 
 def random_sd_teacher(config, seed: int, full: bool) -> tuple[Teacher, dict[str, Any]]:

@@ -109,6 +109,8 @@ def missing_weights(config) -> list[str]:
                    f"python -m convert_weights.depth_anything depth_anything_v2_vitb.pth "
                    f"{m.depth_anything}\n    (or choose the renderer's depth explicitly: "
                    + " ".join(f"--config.{u.split('=')[0]}=renderer_depth" for u in users) + ")")
+    for term in enabled_terms_with("missing", config):
+        out += term.missing(config)
     if uses_lpips(config) and not _converted(Path(m.lpips)):
         from jaxhead.models.lpips import CONVERT_HINT
 
@@ -118,11 +120,27 @@ def missing_weights(config) -> list[str]:
     return out
 
 
+def enabled_terms_with(hook: str, config) -> list[Any]:
+    """The enabled terms (:mod:`jaxhead.training.terms`) that have the method ``hook``."""
+    from jaxhead.training.terms import enabled_terms
+
+    return [t for t in enabled_terms(config) if hasattr(t, hook)]
+
+
+def term_params(config, demo: bool) -> dict[str, Any]:
+    """``frozen["terms"]``: the frozen networks of the enabled terms that load any (CLIP,
+    ArcFace), random small ones on the demo models."""
+    return {t.name: t.load(config, demo) for t in enabled_terms_with("load", config)}
+
+
 def text_embeddings(tokenizer, module, params, config) -> dict[str, jax.Array]:
-    """CLIP embeddings of the prompt and the negative prompt: ``{"cond", "neg"}``."""
-    return {"cond": clip_text.encode_prompts(tokenizer, module, params, [config.prompt]),
-            "neg": clip_text.encode_prompts(tokenizer, module, params,
-                                            [config.negative_prompt])}
+    """CLIP embeddings of every prompt table of the run (:func:`prompts.prompt_texts`): the
+    prompt and the negative prompt ``{"cond", "neg"}``, and the view-suffixed, neutral and
+    objective prompts when selected."""
+    from jaxhead.training.prompts import prompt_texts
+
+    return {k: clip_text.encode_prompts(tokenizer, module, params, texts)
+            for k, texts in prompt_texts(config).items()}
 
 
 def load_models(config) -> tuple[Models, dict[str, Any]]:
@@ -155,8 +173,12 @@ def load_models(config) -> tuple[Models, dict[str, Any]]:
         lpips_params = load_lpips(m.lpips)
     models = Models(G, vae_mod, teacher, np.asarray(sched.alphas_cumprod, np.float32),
                     sched.timesteps(config.num_inference_steps), depth)
-    return models, {"generator": g_params, "vae": vae_params, "teacher": t_params,
-                    "depth": d_params, "text": text, "lpips": lpips_params}
+    frozen = {"generator": g_params, "vae": vae_params, "teacher": t_params,
+              "depth": d_params, "text": text, "lpips": lpips_params}
+    tp = term_params(config, demo=False)
+    if tp:
+        frozen["terms"] = tp
+    return models, frozen
 
 
 def build_models(config) -> tuple[Models, dict[str, Any]]:

@@ -3,7 +3,18 @@ pair (the optax pattern); the train state only holds ``term_state[name]``.
 
 A term is built from the config (:data:`TERMS`, present when its weight is > 0). ``init``
 makes its first state before training; ``__call__(state, ctx)`` returns the weighted loss value
-and the next state; ``state_sharding`` says how its state is laid out on the mesh.
+and the next state; ``state_sharding`` says how its state is laid out on the mesh. A term with
+``stateful = False`` keeps no state (``init`` is not called, it gets ``state=None``).
+
+Optional hooks: ``rows(ctx) -> TeacherRows | None`` asks the teacher for rows of its own in the
+step's one teacher call (the answer is ``ctx.term_outs[name]``); ``validate(config) -> [str]``
+adds config errors; ``missing(config) -> [str]`` lists missing weights (with the convert
+command); ``load(config, demo) -> params`` loads its frozen networks into
+``frozen["terms"][name]``.
+
+The zoo's terms (:mod:`jaxhead.training.regularizer_terms`) are configured under
+``config.terms.<name>`` (``weight`` and their options, made from each term's ``defaults`` by
+:func:`terms_config`); LDIS keeps its historical field ``ldis_weight``.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from jaxhead import losses
 from jaxhead.training.sampling import conditioning_ws
@@ -48,6 +60,7 @@ class Ldis:
     config: Any
 
     name = "ldis"
+    stateful = True
 
     def init(self, models: Any, frozen: dict[str, Any], root: Array) -> LdisState:
         G, c = models.G, self.config
@@ -78,11 +91,37 @@ TERMS: dict[str, tuple[str, Callable[[float, Any], Term]]] = {
 }
 
 
+def register_term(name: str, make: Callable[[float, Any], Term]) -> None:
+    """Add a term configured under ``config.terms.<name>`` (its class attribute ``defaults``:
+    the fields of that section, ``weight`` 0 = off)."""
+    TERMS[name] = (f"terms.{name}.weight", make)
+
+
+def _get(config, dotted: str) -> Any:
+    v = config
+    for part in dotted.split("."):
+        v = v[part]
+    return v
+
+
 def enabled_terms(config) -> list[Term]:
-    """The stateful terms whose weight is > 0, in registry order."""
+    """The terms whose weight is > 0, in registry order."""
     out = []
     for _, (field, make) in TERMS.items():
-        w = float(config[field])
+        w = float(_get(config, field))
         if w > 0:
             out.append(make(w, config))
     return out
+
+
+def terms_config() -> ml_collections.ConfigDict:
+    """``config.terms``: one section per registered ``terms.<name>`` term, its ``defaults``
+    (``weight`` 0: off)."""
+    c = ml_collections.ConfigDict()
+    for name, (field, make) in TERMS.items():
+        if field.startswith("terms."):
+            c[name] = ml_collections.ConfigDict(dict(make.defaults))
+    return c
+
+
+from jaxhead.training import regularizer_terms  # noqa: E402,F401  (registers the zoo's terms)

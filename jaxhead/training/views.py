@@ -24,6 +24,7 @@ from jaxhead.models import vae as vae_lib
 from jaxhead.ops.resize import resize_bilinear
 from jaxhead.teacher import TeacherOutput
 from jaxhead.training.controls import CONTROLS, control_image
+from jaxhead.training.prompts import view_direction
 from jaxhead.training.sampling import sample_cameras, sample_step_index
 
 Array = jax.Array
@@ -57,6 +58,9 @@ class StepContext:
     rep_frozen: Array  # frozen generator's (no gradient)
     keys: Mapping[str, Array]
     perceptual_fn: Callable[[Array, Array], Array] | None = None
+    # after the teacher call: per enabled view {"render", "latents", "rows", "out"} (for terms)
+    views: Mapping[str, Mapping[str, Any]] | None = None
+    term_outs: Mapping[str, Any] | None = None  # the teacher's answer to each term's rows
 
     @property
     def G(self):
@@ -100,19 +104,35 @@ class StepContext:
 
     def alpha_bar(self, step_idx: Array) -> Array:
         """``alphas_cumprod`` at the step index (``alpha_index="step"``, the official code) or
-        at its timestep (``"timestep"``)."""
+        at its timestep (``"timestep"``); an objective registered with its own
+        ``alpha_index`` overrides the config's."""
         ac = jnp.asarray(self.models.alphas_cumprod)
-        if self.config.alpha_index == "step":
+        c = self.config
+        index = losses.OBJECTIVES[c.objective].alpha_index or c.alpha_index
+        if index == "step":
             return ac[step_idx]
         return ac[jnp.asarray(self.models.timesteps)[step_idx]]
+
+    def t_range(self, view_cfg: Any) -> tuple[float, float]:
+        """The timestep range a view draws from: the objective's (registered or
+        ``objective_kw.t_range``) if it has one, else the view's own ``t_range``."""
+        c = self.config
+        tr = losses.objective_t_range(c.objective, c.objective_kw)
+        return tuple(view_cfg.t_range) if tr is None else tr
 
     def objective(self, out: TeacherOutput, noise: Array, step_idx: Array,
                   rank_weights: tuple[float, ...] = (), rank_renorm: bool = True) -> Array:
         """The configured objective's latent gradient (:mod:`jaxhead.losses.objectives`),
-        with the rank weighting handed to it as its score transform when asked for."""
+        with the rank weighting handed to it as its score transform when asked for (and the
+        rows' timesteps and extra-prompt predictions to objectives that take them)."""
         c = self.config
         obj = losses.OBJECTIVES[c.objective]
         kw = losses.objective_kwargs(c.objective, c.objective_kw, c.guidance_scale)
+        if obj.takes("timestep"):
+            kw["timestep"] = jnp.asarray(self.models.timesteps)[step_idx]
+        if obj.takes("eps_prompts"):
+            kw["eps_prompts"] = {k[4:]: v for k, v in getattr(out, "extra", {}).items()
+                                 if k.startswith("obj:")}
         transform = None
         if rank_weights:
             transform = functools.partial(losses.rank_weighting, weights=rank_weights,
@@ -128,13 +148,27 @@ class StepContext:
 class TeacherRows(NamedTuple):
     """A view's request to the teacher: ``x_t [b, h, w, 4]`` at DDIM step index ``step_idx
     [b]``, the injected ``noise``, and the control image ``[b, 8h, 8w, 3]`` (or None) for the
-    ControlNet named ``controlnet`` (static)."""
+    ControlNet named ``controlnet`` (static). ``view_dir`` ``[b]`` (0 front, 1 side, 2 back)
+    selects the view-suffixed prompt of each row (:mod:`jaxhead.training.prompts`); None:
+    the plain prompt."""
 
     x_t: Array
     step_idx: Array
     noise: Array
     control: Array | None
     controlnet: str | None
+    view_dir: Array | None = None
+
+
+class Scores(NamedTuple):
+    """The teacher's answer for a group of rows: :class:`TeacherOutput`'s three predictions
+    (``eps_cond`` already blended with the neutral prompt's under ``config.blend``) and the
+    conditional predictions of the extra prompt variants, ``extra["obj:<key>"]``."""
+
+    eps_uncond: Array
+    eps_cond: Array
+    eps: Array
+    extra: Mapping[str, Array]
 
 
 class View(Protocol):
@@ -178,16 +212,18 @@ class SingleView:
         tr = ctx.render_trained(jnp.concatenate([ctx.ws] * n), cs,
                                 jnp.concatenate([ctx.rep] * n), key=k["render"])
         fr = ctx.render_frozen(ctx.ws, c, ctx.rep_frozen, key=k["render_f"])
-        step_idx = sample_step_index(k["t_sv"], (B,), s.t_range, ctx.config.num_inference_steps,
-                                     s.step_range)
+        step_idx = sample_step_index(k["t_sv"], (B,), ctx.t_range(s),
+                                     ctx.config.num_inference_steps, s.step_range)
         control = control_image(s.control, fr, fr["image"].shape[1], ctx.depth_fn())
-        return {"images": tr["image"], "frozen": fr, "step_idx": step_idx, "control": control}
+        return {"images": tr["image"], "frozen": fr, "step_idx": step_idx, "control": control,
+                "cameras": c}
 
     def rows(self, ctx: StepContext, r: dict[str, Any], latents: Array) -> TeacherRows:
         B = ctx.batch
         x_t, noise = ctx.noisy(latents[:B], r["step_idx"], ctx.keys["eps_sv"])
+        view_dir = view_direction(r["cameras"]) if ctx.config.view_prompts else None
         return TeacherRows(x_t, r["step_idx"], noise, r["control"],
-                           CONTROLS[self.cfg.control].controlnet)
+                           CONTROLS[self.cfg.control].controlnet, view_dir)
 
     def loss(self, ctx, r, latents, rows, out):
         s, c = self.cfg, ctx.config
@@ -272,7 +308,7 @@ class GridView:
         half = ctx.models.latent_size // 2
         mask = losses.make_grid(resize_bilinear(fr["image_acc"], half, align_corners=True)
                                 .reshape(B, 4, half, half, 1))
-        step_idx = sample_step_index(k["t_grid"], (B,), g.t_range,
+        step_idx = sample_step_index(k["t_grid"], (B,), ctx.t_range(g),
                                      ctx.config.num_inference_steps, g.step_range)
         return {"images": image, "control": ctl, "mask": mask, "step_idx": step_idx}
 
