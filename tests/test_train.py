@@ -202,8 +202,10 @@ def test_split_backward_gives_the_one_pass_gradient(demo_run):
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-5 * scale, rtol=0)
     assert set(m0) == set(m1)
+    # the surrogates are sums <grad, latents> that cancel to ~1e-3 from O(1) summands: their
+    # fp32 round-off is absolute (the split run differs by 2e-8 in ld_grid = 9e-4)
     for k in ("ld_single", "ld_grid", "tweedie", "lpips", "ldis"):
-        assert m1[k] == pytest.approx(m0[k], rel=1e-5, abs=1e-9), k
+        assert m1[k] == pytest.approx(m0[k], rel=1e-5, abs=1e-7), k
     for a, b in zip(jax.tree.leaves(ts0), jax.tree.leaves(ts1), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
