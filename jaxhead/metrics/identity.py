@@ -50,6 +50,8 @@ average-pools to 112 px; that fixed crop assumes FFHQ framing and is not reprodu
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,7 +150,17 @@ def derive_panohead_landmarks(*, interpupillary_mm: float = 63.0, eye_plane_mm: 
     return at_depth(z_eye + offsets)
 
 
-PANOHEAD_LANDMARKS_3D = derive_panohead_landmarks()
+@functools.cache
+def panohead_landmarks_3d() -> np.ndarray:
+    """:func:`derive_panohead_landmarks` with its defaults, computed once on first use (not at
+    import: importing must not start the JAX backend, e.g. before ``jax.distributed``)."""
+    return derive_panohead_landmarks()
+
+
+def __getattr__(name: str):
+    if name == "PANOHEAD_LANDMARKS_3D":  # the module constant, made lazily
+        return panohead_landmarks_3d()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def project_points(points: Array, cameras: Array, image_size: int) -> Array:
@@ -169,12 +181,14 @@ def project_points(points: Array, cameras: Array, image_size: int) -> Array:
 
 
 def render_landmarks(cameras: Array, image_size: int, *,
-                     points: Array = PANOHEAD_LANDMARKS_3D) -> Array:
-    """The 5 landmarks ``[N, 5, 2]`` (pixels) of renders from ``cameras`` ``[N, 25]``."""
+                     points: Array | None = None) -> Array:
+    """The 5 landmarks ``[N, 5, 2]`` (pixels) of renders from ``cameras`` ``[N, 25]``
+    (``points``: the 3D landmarks ``[5, 3]``, default ``PANOHEAD_LANDMARKS_3D``)."""
+    points = panohead_landmarks_3d() if points is None else points
     return project_points(points, cameras, image_size)
 
 
-def crop_renders(images: Array, cameras: Array, *, points: Array = PANOHEAD_LANDMARKS_3D,
+def crop_renders(images: Array, cameras: Array, *, points: Array | None = None,
                  size: int = INPUT_SIZE) -> Array:
     """Aligned face crops ``[N, size, size, C]`` of square renders ``[N, H, H, C]`` made with
     ``cameras`` ``[N, 25]``."""
@@ -189,7 +203,7 @@ def crop_renders(images: Array, cameras: Array, *, points: Array = PANOHEAD_LAND
 
 def face_embeddings(params: ArcFaceParams, images: Array, *, landmarks: Array | None = None,
                     cameras: Array | None = None,
-                    points: Array = PANOHEAD_LANDMARKS_3D) -> Array:
+                    points: Array | None = None) -> Array:
     """Raw ArcFace embeddings ``[N, D]`` of the faces in ``images`` (``[N, H, W, 3]`` RGB,
     uint8 or float in [0, 1]; renders in [-1, 1] must be mapped with ``(x + 1) / 2`` first),
     cropped with detected ``landmarks`` ``[N, 5, 2]`` or, for renders, from ``cameras``
@@ -223,6 +237,6 @@ def id_similarity(emb_a: Array, emb_b: Array) -> Array:
 
 
 
-__all__ = ["ARCFACE_TEMPLATE", "LANDMARK_NAMES", "PANOHEAD_LANDMARKS_3D", "align_faces",
+__all__ = ["ARCFACE_TEMPLATE", "LANDMARK_NAMES", "align_faces", "panohead_landmarks_3d",
            "crop_renders", "derive_panohead_landmarks", "face_embeddings", "id_similarity",
            "l2_normalize", "project_points", "render_landmarks", "similarity_transform"]
