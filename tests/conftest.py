@@ -17,3 +17,15 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """After each test module, drop JAX's compiled programs and traces (the module's fixtures
+    and their models are released by then): one pytest process runs every module, and the
+    caches otherwise keep growing (the suite reached 21.7 GB RSS on a 24 GB machine)."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
