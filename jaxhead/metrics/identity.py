@@ -131,8 +131,9 @@ def derive_panohead_landmarks(*, interpupillary_mm: float = 63.0, eye_plane_mm: 
     uv = _ffhq_quad_coords(ARCFACE_TEMPLATE)
     p563 = np.array([25.0, 51.0]) + (uv + 1) / 2 * 511  # crop_final: int(512 * 0.05), * 0.1
     norm = (p563 + 0.5) / 563  # normalised image coordinates after the resize to 512
-    cam = np.asarray(make_camera(jnp.zeros(1), jnp.zeros(1), radius=radius, fov_deg=fov_deg),
-                     np.float64)[0]
+    with jax.ensure_compile_time_eval():  # a host constant, also when first asked in a trace
+        cam = np.asarray(make_camera(jnp.zeros(1), jnp.zeros(1), radius=radius,
+                                     fov_deg=fov_deg), np.float64)[0]
     c2w, k = cam[:16].reshape(4, 4), cam[16:].reshape(3, 3)
     dirs_c = np.concatenate([(norm - k[:2, 2]) / np.diag(k)[:2], np.ones((5, 1))], 1)
     dirs = dirs_c @ c2w[:3, :3].T
