@@ -52,8 +52,14 @@ def param_shapes() -> Params:
 
 def random_params(key: Array) -> Params:
     """Random AlexNet (He-normal convs) and non-negative lin weights: a stand-in for the demo."""
-    shapes = param_shapes()
-    keys = iter(jax.random.split(key, 16))
+    return random_params_for(param_shapes(), key, n_keys=16)
+
+
+def random_params_for(shapes: Params, key: Array, n_keys: int | None = None) -> Params:
+    """He-normal convolutions, small biases and non-negative lin weights for a LPIPS
+    ``param_shapes`` tree (any trunk); ``n_keys``: how many keys ``key`` is split into."""
+    n_keys = n_keys or 2 * len(shapes["net"]) + len(shapes["lin"])
+    keys = iter(jax.random.split(key, n_keys))
     net = {}
     for name, s in shapes["net"].items():
         kh, kw, cin, _ = s["weight"]

@@ -80,17 +80,9 @@ def widths_of(params: Params) -> tuple[int, ...]:
 
 def random_params(key: Array, widths: Sequence[int] = WIDTHS) -> Params:
     """He-normal convolutions, small biases, non-negative lin weights (tests, benchmarks)."""
-    shapes = param_shapes(widths)
-    keys = iter(jax.random.split(key, 2 * len(shapes["net"]) + len(shapes["lin"])))
-    net = {}
-    for name, s in shapes["net"].items():
-        kh, kw, cin, _ = s["weight"]
-        net[name] = {"weight": jax.random.normal(next(keys), s["weight"]) *
-                     np.sqrt(2.0 / (kh * kw * cin)),
-                     "bias": 0.01 * jax.random.normal(next(keys), s["bias"])}
-    lin = {name: jnp.abs(jax.random.normal(next(keys), s)) / s[0]
-           for name, s in shapes["lin"].items()}
-    return {"net": net, "lin": lin}
+    from jaxhead.models.lpips import random_params_for
+
+    return random_params_for(param_shapes(widths), key)
 
 
 def vgg16_stages(net: Params, x: Array) -> list[Array]:
