@@ -129,8 +129,8 @@ def evaluate(config, *, verbose: bool = True) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: ``--config FILE [--config.field=value ...]``; errors are one line on stderr
     (exit 2 for usage, 1 for data / missing weights)."""
+    from jaxhead.config_cli import enable_compilation_cache, parse_config
     from jaxhead.errors import UsageError, run_cli
-    from jaxhead.train import parse_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
@@ -140,9 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run(args):
         if not any(a == "--config" or a.startswith("--config=") for a in args):
             raise UsageError("--config FILE is required (e.g. --config configs/eval_demo.py)")
-        from jaxhead.train import enable_compilation_cache
-
-        config = assets.validate(parse_config(args))
+        config = assets.validate(parse_config(args, prog="jaxhead.evaluate",
+                                              documented_in="configs/eval.py"))
         enable_compilation_cache(config.compilation_cache)
         evaluate(config)
         return 0

@@ -177,3 +177,12 @@ def test_missing_weights_and_bad_config(tmp_path, capsys):
                            "--config.generators=frozen"])
     err = capsys.readouterr().err
     assert rc == 2 and "NAME=DIR" in err and err.count("\n") <= 3
+
+
+def test_unknown_config_field_names_the_eval_config(capsys):
+    """An override of a field the eval config lacks is one line naming the flag and the file
+    that documents the evaluation fields (not the training config's)."""
+    rc = run_cli(ev.main, ["--config", "configs/eval.py", "--config.not_a_metric=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "--config.not_a_metric" in err and "configs/eval.py" in err, err

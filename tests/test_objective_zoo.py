@@ -329,7 +329,7 @@ def test_whiten_colour_identity_and_style_statistics():
 
 
 def test_zoo_is_selectable_and_tunable_from_the_command_line():
-    from jaxhead.train import parse_config
+    from jaxhead.config_cli import parse_config
 
     c = parse_config(["--config", "configs/demo.py", "--config.objective=csd",
                       "--config.objective_kw.t_range=(0.1, 0.5)",

@@ -16,7 +16,8 @@ def _run(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv, code, needle", [
-    (["--config", "configs/demo.py", "--config.no_such_key=1"], 2, "no_such_key"),
+    (["--config", "configs/demo.py", "--config.no_such_key=1"], 2,
+     "no_such_key' (every field is documented in configs/base.py"),
     (["--config", "configs/nope.py"], 2, "config file not found"),
     (["--config", "pyproject.toml"], 2, "must be a Python file"),
     (["--config", "configs/demo.py", "--config.steps=2.5"], 2, "config.steps"),
