@@ -9,6 +9,7 @@ import jax
 import jaxlib
 import numpy as np
 import pytest
+from train_testlib import micro_config
 
 from configs import demo
 from jaxhead import train
@@ -57,24 +58,6 @@ def _check_reference(name: str, summary, workdir) -> None:
     diff = [k for k in want["params"] if got["params"].get(k) != want["params"][k]]
     assert got["params"].keys() == want["params"].keys()
     assert not diff, f"{len(diff)} of {len(want['params'])} leaves differ, e.g. {diff[:3]}"
-
-
-def _micro(**over):
-    """Grid-only demo config (no 512 px SR in the step): the cheap variant for the tests that
-    need several runs."""
-    c = demo.get_config()
-    c.demo_teacher = "random_sd"  # the real teacher path (random-weight SD stack)
-    c.single.enabled = False
-    c.final_turntable_identities = 0
-    c.preview_every = 0
-    c.log_every = 1
-    for k, v in over.items():
-        target = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = v
-    return c
 
 
 @pytest.fixture(scope="module")
@@ -174,38 +157,49 @@ def test_demo_steps_match_the_recorded_reference(demo_run):
     _check_reference("demo", summary, wd)
 
 
-def test_split_backward_gives_the_one_pass_gradient(demo_run):
-    """``split_backward`` (one backward pass per view, summed; the default) gives the demo's
-    one-pass gradient to fp32 round-off, and the same loss terms and term state."""
+def _gradient_from_adam(opt_state, b1: float):
+    """The gradient of a step taken from a fresh Adam state: its first moment is (1 - b1) g
+    (trainable leaves; the frozen biases have no Adam state)."""
     import optax
 
-    from jaxhead.training.config import validate_config
+    found = [s for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+        if isinstance(s, optax.ScaleByAdamState)]
+    assert len(found) == 1
+    return jax.tree.map(lambda m: np.asarray(m) / (1.0 - b1), jax.device_get(found[0].mu))
 
-    c, built, state0, _, _ = demo_run
-    sgd = optax.sgd(1.0)  # the update is minus the gradient
-    state = state0.replace(opt_state=sgd.init(state0.params))
-    out = {}
-    for split in (False, True):
-        cfg = validate_config(c.copy_and_resolve_references())
-        cfg = cfg.as_configdict()
-        cfg.split_backward = split
-        cfg = validate_config(cfg)
-        fn = jax.jit(lambda st, fr, cfg=cfg: step_lib.train_step(
-            st, fr, models=built.models, config=cfg, optimizer=sgd))
-        new, m = fn(state, built.frozen)
-        out[split] = jax.device_get((new.params, new.term_state, m))
-    (p0, ts0, m0), (p1, ts1, m1) = out[False], out[True]
-    g0 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p0, state0.params)
-    g1 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p1, state0.params)
+
+def test_split_backward_gives_the_one_pass_gradient(demo_run):
+    """``split_backward`` (one backward pass per view, summed; the default) gives the demo's
+    one-pass gradient to fp32 round-off, and the same loss terms and term state. The one-pass
+    step is the demo run's own compiled step (its config has ``split_backward=False``)."""
+    from jaxhead.training.config import validate_config
+    from jaxhead.training.optim import make_optimizer
+
+    c, built, _, _, _ = demo_run
+    assert built.config.split_backward is False and c.optimizer.name == "adam"
+    new0, m0 = built.step(built.init(), built.frozen)  # donates the fresh state
+    cfg = built.config.as_configdict()
+    cfg.split_backward = True
+    cfg = validate_config(cfg)
+    opt = make_optimizer(cfg)
+    split_step = jax.jit(lambda st, fr: step_lib.train_step(
+        st, fr, models=built.models, config=cfg, optimizer=opt))
+    new1, m1 = split_step(built.init(), built.frozen)
+    b1 = c.optimizer.b1
+    g0 = _gradient_from_adam(new0.opt_state, b1)
+    g1 = _gradient_from_adam(new1.opt_state, b1)
     scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(g0))
     assert scale > 0
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
         np.testing.assert_allclose(b, a, atol=1e-5 * scale, rtol=0)
+    m0, m1 = jax.device_get((m0, m1))
     assert set(m0) == set(m1)
     # the surrogates are sums <grad, latents> that cancel to ~1e-3 from O(1) summands: their
     # fp32 round-off is absolute (the split run differs by 2e-8 in ld_grid = 9e-4)
     for k in ("ld_single", "ld_grid", "tweedie", "lpips", "ldis"):
         assert m1[k] == pytest.approx(m0[k], rel=1e-5, abs=1e-7), k
+    ts0, ts1 = jax.device_get((new0.term_state, new1.term_state))
     for a, b in zip(jax.tree.leaves(ts0), jax.tree.leaves(ts1), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
@@ -213,7 +207,7 @@ def test_split_backward_gives_the_one_pass_gradient(demo_run):
 @pytest.fixture(scope="module")
 def micro():
     """One build of the grid-only config, shared by the tests that run it several times."""
-    c = _micro(steps=4, checkpoint_every=2)
+    c = micro_config(steps=4, checkpoint_every=2)
     return c, train.build(c)
 
 
@@ -221,7 +215,7 @@ def test_resume_follows_the_uninterrupted_trajectory(tmp_path, micro):
     c4, built = micro
     straight = train.train_and_evaluate(c4, tmp_path / "a", progress=False, built=built)
     _check_reference("micro", straight, tmp_path / "a")
-    c2 = _micro(steps=2, checkpoint_every=2)
+    c2 = micro_config(steps=2, checkpoint_every=2)
     train.train_and_evaluate(c2, tmp_path / "b", progress=False, built=built)
     resumed = train.train_and_evaluate(c4, tmp_path / "b", progress=False, built=built)
     assert resumed["step"] == straight["step"] == 4
@@ -249,13 +243,13 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path, micro, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(_micro(steps=4, checkpoint_every=1), tmp_path,
+        train.train_and_evaluate(micro_config(steps=4, checkpoint_every=1), tmp_path,
                                  progress=False, built=built)
     monkeypatch.setattr(checkpoint, "save", save)
     rows = lambda: [json.loads(x)["step"]  # noqa: E731
                     for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows() == [1, 2, 3]
-    train.train_and_evaluate(_micro(steps=4, checkpoint_every=1), tmp_path, progress=False,
+    train.train_and_evaluate(micro_config(steps=4, checkpoint_every=1), tmp_path, progress=False,
                              built=built)
     assert rows() == [1, 2, 3, 4]
 
@@ -282,7 +276,7 @@ def test_non_finite_steps_are_skipped_and_never_saved(tmp_path, micro):
         _poison(built.frozen["generator"], "params/decoder/"),
         jax.tree.map(lambda x: x.sharding, built.frozen["generator"]))
     poisoned = built._replace(frozen=frozen)
-    c = _micro(steps=4, checkpoint_every=2, max_skipped_steps=3)
+    c = micro_config(steps=4, checkpoint_every=2, max_skipped_steps=3)
     with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
         train.train_and_evaluate(c, tmp_path, progress=False, built=poisoned)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -372,103 +366,6 @@ def test_fields_added_after_a_run_resume_at_their_default(tmp_path):
         check_resume(tmp_path, validate_config(demo.get_config()))
 
 
-SHARDED = {"batch_size": 4, "optimizer.name": "sgd", "optimizer.lr": 1.0}
-
-
-@pytest.fixture(scope="module")
-def sharded_steps():
-    """One SGD (lr 1) step of the grid-only config with 4 identities on 1 and on 4 devices:
-    ``{n: (params, metrics, initial params)}``."""
-    if jax.device_count() < 4:
-        pytest.skip("needs 4 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
-    out = {}
-    for n in (1, 4):
-        b = train.build(_micro(num_devices=n, **SHARDED))
-        state, m = b.step(b.init(), b.frozen)
-        if n == 4:
-            sh = state.term_state["ldis"].prev.sharding
-            assert sh.spec[0] == "data" and len(sh.device_set) == 4
-        out[n] = (jax.device_get(state.params), {k: float(v) for k, v in m.items()},
-                  jax.device_get(b.init().params), jax.device_get(b.frozen["generator"]))
-    return out
-
-
-def _max_err(a, b) -> float:
-    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-
-
-def test_sharded_step_matches_single_device(sharded_steps):
-    """4 CPU devices, identities split over the data axis: same update as one device."""
-    (p1, m1, init1, _), (p4, m4, _, _) = sharded_steps[1], sharded_steps[4]
-    for k in ("ld_grid", "ldis"):
-        assert m1[k] == pytest.approx(m4[k], rel=1e-3), k
-    # SGD with lr 1: the update is the gradient itself
-    g1 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p1, init1)
-    g4 = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), p4, init1)
-    scale = max(float(np.abs(x).max()) for x in jax.tree.leaves(g1))
-    assert scale > 0
-    err = _max_err(g1, g4)
-    assert err <= 2e-3 * scale, (err, scale)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_train_like_one(tmp_path, sharded_steps):
-    """The train CLI as 2 processes x 2 CPU devices (``jax.distributed`` over localhost, gloo
-    collectives), one identity per device: the exported generator equals the single-process
-    4-device step's, and the workdir is written once (process 0)."""
-    import subprocess
-    import sys
-
-    from jaxhead.generators import load_generator
-    from jaxhead.training.optim import merge
-
-    wd = tmp_path / "mh"
-    port = _free_port()
-    flags = ["--config", "configs/demo.py", "--config.demo_teacher=random_sd",
-             "--config.single.enabled=False",
-             "--config.final_turntable_identities=0", "--config.preview_every=1",
-             "--config.steps=1", "--config.compilation_cache=", f"--config.workdir={wd}",
-             "--config.distributed=True", f"--config.coordinator_address=localhost:{port}",
-             "--config.num_processes=2"]
-    flags += [f"--config.{k}={v}" for k, v in SHARDED.items()]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    root = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxhead.train", *flags,
-                               f"--config.process_id={i}"], cwd=root, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outs = []
-    for pr in procs:
-        try:
-            outs.append(pr.communicate(timeout=900)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for pr, out in zip(procs, outs, strict=True):
-        assert pr.returncode == 0, out[-3000:]
-    assert "4 device(s)" in outs[0] and "4 device(s)" not in outs[1]  # process 0 reports
-    assert len((wd / "metrics.jsonl").read_text().splitlines()) == 1
-    assert sorted(p.name for p in (wd / "previews").iterdir()) == [
-        "000001_grid.png", "000001_views.png"]
-    _, params = load_generator(wd / "generator")
-    p4, _, init, frozen_g = sharded_steps[4]
-    want = merge(frozen_g, p4)
-    scale = _max_err(p4, init)
-    err = _max_err(params, want)
-    assert err <= 1e-5 * scale, (err, scale)
-
-
 def test_config_errors_before_compute(tmp_path):
     c = demo.get_config()
     c.grid.mode = "sideways"
@@ -514,7 +411,7 @@ def test_outside_objective_and_depth_anything_control_train_a_step(tmp_path):
 
     register_objective("csd_outside", csd_grad, power=0.5)
     try:
-        c = _micro(**{"grid.control": "depth_anything", "objective": "csd_outside"})
+        c = micro_config(**{"grid.control": "depth_anything", "objective": "csd_outside"})
         c.objective_kw.power = 1.0
         b = train.build(c)
         assert b.models.depth is not None
