@@ -208,7 +208,9 @@ def test_bank_cache_is_written_reused_and_invalidated(tmp_path, gaussian_models,
     assert len(calls) == n + 2 and "unreadable" in capsys.readouterr().err
 
 
-def test_style_bank_settings_are_validated():
+def test_style_bank_settings_are_validated_and_only_sas_makes_a_bank():
+    assert not style_bank.needs_style_bank(validate_config(demo.get_config()))
+    assert style_bank.needs_style_bank(_demo_config())
     c = demo.get_config()
     c.objective = "sas"
     c.style_bank.count = 0
