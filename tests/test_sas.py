@@ -222,6 +222,7 @@ def test_style_bank_settings_are_validated_and_only_sas_makes_a_bank():
 # --- one demo step -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # one compile of the demo step (grid view only)
 def test_sas_trains_a_demo_step_and_a_rebuild_reuses_the_bank(tmp_path, monkeypatch):
     """Grid view only (no 512 px SR) with the analytic teacher: the cheapest compiled step."""
     from jaxhead.config_cli import parse_config
