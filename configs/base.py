@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- teacher and objective
     c.num_inference_steps = 50  # DDIM schedule the step indices refer to
     # a name registered in jaxhead.losses.OBJECTIVES: ld | sds | bsd | sds_dreamfusion | csd |
-    # nfsd (docs/objectives.md)
+    # nfsd | sas (docs/objectives.md; sas samples the style bank below)
     c.objective = "ld"
     # the objective's keyword arguments (unset = its registered default), e.g.
     # --config.objective_kw.form=paper (LD with the full CFG eps as the score; default official:
@@ -82,6 +82,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.blend.enabled = False
     c.blend.weight = 0.6  # omega_e (HeadSculpt: 0.6); 1 = the style prompt alone
     c.blend.prompt = "Portrait of a person"  # the neutral prompt y
+    # the style bank of objectives that take style statistics (sas): style_bank.count teacher
+    # samples of the prompt (DDIM text-to-image, style_bank.steps steps, CFG
+    # style_bank.guidance_scale, the negative prompt, no ControlNet; sample i's noise from
+    # fold_in(key(style_bank.seed), i)) at the views' latent size; their latent channel mean
+    # [4] and covariance [4, 4] feed the objective. Sampled once into <workdir>/style_bank.npz
+    # (with its settings) and reused by a resumed run; a bank of other settings is resampled.
+    # Defaults: the SAS paper's 20 samples, 20 steps, CFG 7.5
+    c.style_bank = ml_collections.ConfigDict()
+    c.style_bank.count = 20
+    c.style_bank.steps = 20
+    c.style_bank.guidance_scale = 7.5
+    c.style_bank.seed = 0
+    c.style_bank.batch = 4  # samples per sampler call (memory only, not part of the cache key)
     c.grad_mask = True  # multiply by the frozen generator's 64 px opacity
     c.grad_div = 1000.0
     c.grad_clamp = 1.0

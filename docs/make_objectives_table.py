@@ -17,6 +17,11 @@ registered ``t_range``, else the single view's paper range (0.70, 0.96) of the 5
 with ``alpha_bar`` indexed as the trainer does (``alpha_index``). The stationary points are the
 zeros of ``E[g]`` where it crosses from negative to positive (stable under ``theta -= lr g``);
 "reached from 0.3" is the one gradient descent from ``theta = 0.3`` ends in.
+
+An objective that takes style statistics (``sas``) gets a 1-D style bank: DDIM samples of the
+same teacher by :func:`jaxhead.sampling.sample` (the demo config's ``style_bank`` steps and CFG,
+4096 samples instead of its 4 for a precise mean; with guidance 1 and no unconditional branch
+in the likelihood table).
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import demo
-from jaxhead import losses
+from jaxhead import losses, sampling
 from jaxhead.diffusion import NoiseSchedule
+from jaxhead.teacher import TeacherOutput
 from jaxhead.training.config import validate_config
+from jaxhead.training.style_bank import bank_statistics
 from jaxhead.training.views import Scores, StepContext
 
 COND = (np.array([0.7, 0.3]), np.array([1.0, -2.0]), np.array([0.2, 0.2]))
@@ -56,18 +63,64 @@ def mixture_eps(density, xt: np.ndarray, ab: np.ndarray) -> np.ndarray:
     return -np.sqrt(1 - ab) * (r * -(xt[:, None] - mu) / v).sum(1)
 
 
-def context(name: str, guidance: float | None = None) -> StepContext:
+SCHED = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                   "beta_end": 0.012, "steps_offset": 1,
+                                   "set_alpha_to_one": False})
+BANK_SAMPLES = 4096
+
+
+def mixture_eps_jnp(density, x: jax.Array, ab: jax.Array) -> jax.Array:
+    """:func:`mixture_eps` in jax (``x`` any shape, ``ab`` broadcastable): for the sampler."""
+    w, m, s = (jnp.asarray(a, jnp.float32) for a in density)
+    v = ab[..., None] * s**2 + 1 - ab[..., None]
+    mu = jnp.sqrt(ab)[..., None] * m
+    r = jax.nn.softmax(jnp.log(w) - 0.5 * jnp.log(v) - 0.5 * (x[..., None] - mu) ** 2 / v, -1)
+    return jnp.sqrt(1 - ab) * (r * (x[..., None] - mu) / v).sum(-1)
+
+
+class MixtureTeacher:
+    """The 1-D teacher behind :meth:`jaxhead.teacher.Teacher.eps`'s signature (prompt: the
+    mixture, negative prompt: ``N(0, 1)`` or, with ``uncond=False``, a zero prediction)."""
+
+    def __init__(self, uncond: bool) -> None:
+        self.uncond = uncond
+
+    def eps(self, params, x, t, text_emb, neg_emb, control=None, *, controlnet=None,
+            control_scale=1.0, guidance_scale=7.5) -> TeacherOutput:
+        del params, text_emb, neg_emb, control, controlnet, control_scale
+        ab = jnp.asarray(SCHED.alphas_cumprod)[t]
+        ec = mixture_eps_jnp(COND, x, ab)
+        eu = mixture_eps_jnp(UNCOND, x, ab) if self.uncond else 0 * ec
+        return TeacherOutput(eu, ec, eu + guidance_scale * (ec - eu))
+
+
+def bank_1d(config, uncond: bool, guidance: float | None) -> dict[str, jax.Array]:
+    """The 1-D style bank's statistics (latents ``[N, 1, 1, 1]``): the demo config's
+    ``style_bank`` sampler settings, ``BANK_SAMPLES`` samples."""
+    b = config.style_bank
+    sd = sampling.StableDiffusion(MixtureTeacher(uncond), None, None, None, SCHED)
+    keys = jax.random.split(jax.random.key(int(b.seed)), BANK_SAMPLES)
+    init = jax.vmap(lambda k: jax.random.normal(k, (1, 1, 1)))(keys)
+    emb = jnp.zeros((1, 1, 1))
+    out = sampling.sample(sd, {"teacher": {}}, sampling.Noise(init), emb, emb,
+                          num_steps=int(b.steps), decode=False,
+                          guidance_scale=b.guidance_scale if guidance is None else guidance)
+    mean, cov = bank_statistics(np.asarray(out.latents))
+    return {"mean": jnp.asarray(mean, jnp.float32), "cov": jnp.asarray(cov, jnp.float32)}
+
+
+def context(name: str, guidance: float | None = None, uncond: bool = True) -> StepContext:
     c = demo.get_config()
     c.objective = name
     if guidance is not None:
         c.objective_kw.guidance_scale = guidance
     cfg = validate_config(c)
-    sched = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                                       "beta_end": 0.012, "steps_offset": 1,
-                                       "set_alpha_to_one": False})
-    models = SimpleNamespace(alphas_cumprod=np.asarray(sched.alphas_cumprod, np.float32),
-                             timesteps=sched.timesteps(cfg.num_inference_steps))
-    return StepContext(models, cfg, {}, {}, jnp.zeros((1, 1, 1)), None, None, {})
+    models = SimpleNamespace(alphas_cumprod=np.asarray(SCHED.alphas_cumprod, np.float32),
+                             timesteps=SCHED.timesteps(cfg.num_inference_steps))
+    frozen = {}
+    if losses.OBJECTIVES[name].takes("style_stats"):
+        frozen["style"] = bank_1d(cfg, uncond, guidance)
+    return StepContext(models, cfg, frozen, {}, jnp.zeros((1, 1, 1)), None, None, {})
 
 
 def step_indices(ctx: StepContext) -> np.ndarray:
@@ -97,7 +150,8 @@ def expected_grad(ctx: StepContext, thetas: np.ndarray, uncond: bool = True) -> 
     extra = {"obj:negative_quality_prompt": f32(mixture_eps(NEGATIVE, xt, ab))}
     out = Scores(eu, ec, eu, extra)
     step_idx = jnp.asarray(np.tile(np.repeat(idx, q), len(thetas)))
-    g = np.asarray(ctx.objective(out, f32(e), step_idx))[:, 0, 0, 0].astype(np.float64)
+    g = np.asarray(ctx.objective(out, f32(e), step_idx, latents=f32(th)))[:, 0, 0, 0]
+    g = g.astype(np.float64)
     return (g * w).reshape(len(thetas), k * q).sum(1)
 
 
@@ -121,7 +175,9 @@ def reached_from(theta0: float, thetas: np.ndarray, g: np.ndarray) -> float:
     return min(above) if above else float("nan")
 
 
-def verdict(theta: float, g: np.ndarray) -> str:
+def verdict(theta: float, g: np.ndarray, bank_mean: float | None = None) -> str:
+    if bank_mean is not None and abs(theta - bank_mean) < 1e-2:
+        return f"the style bank's mean ({bank_mean:+.3f})"
     if np.abs(g).max() < 1e-12:
         return "nowhere (E[g] = 0)"
     if not np.isfinite(theta):
@@ -139,7 +195,7 @@ def rows(guidance: float | None = None, uncond: bool = True) -> list[str]:
     thetas = np.linspace(-3.0, 3.0, 601)
     out = []
     for name in losses.OBJECTIVES:
-        ctx = context(name, guidance)
+        ctx = context(name, guidance, uncond)
         kw = losses.objective_kwargs(name, ctx.config.objective_kw, ctx.config.guidance_scale)
         g = expected_grad(ctx, thetas, uncond)
         th = reached_from(0.3, thetas, g)
@@ -148,11 +204,13 @@ def rows(guidance: float | None = None, uncond: bool = True) -> list[str]:
         ts = np.asarray(ctx.models.timesteps)[idx]
         obj = losses.OBJECTIVES[name]
         ai = obj.alpha_index or ctx.config.alpha_index
+        style = ctx.frozen.get("style")
+        bank_mean = None if style is None else float(style["mean"][0])
         opts = ", ".join(f"{k}={v}" for k, v in kw.items() if k != "guidance_scale")
         out.append(f"| `{name}` | {opts or '-'} | {kw.get('guidance_scale', '-')} | "
                    f"({lo:g}, {hi:g}): t {ts.min()}..{ts.max()} | {ai} | {th:+.3f} | "
                    f"{', '.join(f'{r:+.2f}' for r in stationary(thetas, g))} | "
-                   f"**{verdict(th, g)}** |")
+                   f"**{verdict(th, g, bank_mean)}** |")
     return out
 
 

@@ -340,6 +340,20 @@ def missing_sd(root: str | os.PathLike, controlnets: Sequence[str] = ()) -> list
             + SD_CONVERT.format(root=root, controlnets=cn)]
 
 
+def read_scheduler(folder: str | os.PathLike) -> tuple[NoiseSchedule, float | None]:
+    """A converted ``scheduler/`` folder -> (schedule, DDIM's ``clip_sample_range`` or None).
+    Raises :class:`DataError` for settings the sampler does not support."""
+    sched_file = Path(folder) / "scheduler_config.json"
+    schedule = NoiseSchedule.from_file(sched_file)
+    cfg = json.loads(sched_file.read_text())
+    if cfg.get("thresholding", False):
+        raise DataError(f"{sched_file}: dynamic thresholding is not supported by the sampler")
+    if schedule.prediction_type not in PREDICTION_TYPES:
+        raise DataError(f"{sched_file}: unknown prediction_type {schedule.prediction_type!r}")
+    clip = float(cfg.get("clip_sample_range", 1.0)) if cfg.get("clip_sample", False) else None
+    return schedule, clip
+
+
 def load_sd(root: str | os.PathLike, *, controlnets: Sequence[str] = (),
             dtype: Any = jnp.float32, verify: bool = True) -> tuple[StableDiffusion, Any]:
     """A converted SD folder (``convert_weights.diffusers``) -> (stack, params). ``dtype``
@@ -354,14 +368,7 @@ def load_sd(root: str | os.PathLike, *, controlnets: Sequence[str] = (),
     vae, vparams = vae_lib.load(root / "vae", verify=verify)
     te, teparams = clip_text.load(root / "text_encoder", verify=verify)
     tok = clip_text.load_tokenizer(root / "tokenizer")
-    sched_file = root / "scheduler" / "scheduler_config.json"
-    schedule = NoiseSchedule.from_file(sched_file)
-    cfg = json.loads(sched_file.read_text())
-    if cfg.get("thresholding", False):
-        raise DataError(f"{sched_file}: dynamic thresholding is not supported by the sampler")
-    if schedule.prediction_type not in PREDICTION_TYPES:
-        raise DataError(f"{sched_file}: unknown prediction_type {schedule.prediction_type!r}")
-    clip = float(cfg.get("clip_sample_range", 1.0)) if cfg.get("clip_sample", False) else None
+    schedule, clip = read_scheduler(root / "scheduler")
     sd = StableDiffusion(teacher, vae, te, tok, schedule, clip)
     return sd, {"teacher": tparams, "vae": vparams, "text_encoder": teparams}
 

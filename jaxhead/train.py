@@ -31,6 +31,7 @@ from jaxhead.training.models import Models, build_models, describe
 from jaxhead.training.optim import make_optimizer, merge
 from jaxhead.training.sampling import conditioning_ws
 from jaxhead.training.step import init_state, train_step
+from jaxhead.training.style_bank import needs_style_bank
 from jaxhead.training.terms import enabled_terms
 from jaxhead.training.workdir import check_resume, truncate_metrics
 
@@ -55,8 +56,13 @@ def state_shardings(config, models: Models, frozen, optimizer, mesh):
                                   for t in enabled_terms(config) if t.stateful})
 
 
-def build(config, perceptual_fn: Any = None) -> Built:
+def build(config, perceptual_fn: Any = None, workdir: str | os.PathLike | None = None
+          ) -> Built:
     """Models, frozen params (placed), a fresh-state factory, the jitted step, the mesh.
+
+    An objective that takes style statistics (``sas``) gets ``frozen["style"]`` from the
+    style bank in ``workdir`` (default ``config.workdir``), sampled there first if missing
+    (:mod:`jaxhead.training.style_bank`).
 
     The step is compiled once and can be reused by several :func:`train_and_evaluate` calls
     with the same model/step settings (``built=``). ``perceptual_fn(x0_hat, render) -> [B]``
@@ -64,6 +70,12 @@ def build(config, perceptual_fn: Any = None) -> Built:
     ``lpips_weight``."""
     config = validate_config(config)
     models, frozen = build_models(config)
+    if needs_style_bank(config):
+        from jaxhead.training import style_bank
+
+        path = Path(workdir or config.workdir) / style_bank.BANK_FILE
+        frozen["style"] = style_bank.load_or_make(path, models, frozen, config,
+                                                  write=jax.process_index() == 0)
     mesh = sharding.make_mesh(config)
     frozen = sharding.place_frozen(frozen, mesh, config)
     optimizer = make_optimizer(config)
@@ -108,7 +120,7 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     if built is None:
-        built = build(config)
+        built = build(config, workdir=workdir)
     models, frozen, step_fn = built.models, built.frozen, built.step
     if preview_ids is not None:  # each w fits the generator, before the first step
         from jaxhead.training.preview import check_preview_ws

@@ -32,7 +32,11 @@ Besides keyword defaults an objective may register
   conditional predictions to the function as ``eps_prompts={key: [B, h, w, 4]}``;
   ``objective_kw.<key>`` overrides the text.
 
-A function that accepts ``timestep`` gets each row's diffusion timestep ``[B]`` (int).
+A function that accepts ``timestep`` gets each row's diffusion timestep ``[B]`` (int); one
+that accepts ``latents`` gets the clean latents ``z`` the rows were noised from (``[B, h, w,
+4]``, no gradient); one that accepts ``style_stats`` gets the style bank's channel statistics
+``{"mean": [4], "cov": [4, 4]}`` (``frozen["style"]``: the trainer samples the bank once per
+workdir, :mod:`jaxhead.training.style_bank`).
 
 before the config is loaded (e.g. at the top of your config file); validation, the step and
 ``objective_kw``'s fields all read this registry.
@@ -54,11 +58,13 @@ from jaxhead.losses.distillation import (
     nfsd_grad,
     sds_grad,
 )
+from jaxhead.losses.sas import sas_grad
 
 Array = jax.Array
 
 # Keyword arguments the step supplies itself (not tunable through objective_kw).
-STEP_ARGS = ("noise", "alpha_bar", "score_transform", "timestep", "eps_prompts")
+STEP_ARGS = ("noise", "alpha_bar", "score_transform", "timestep", "eps_prompts", "latents",
+             "style_stats")
 T_RANGE = "t_range"  # the objective_kw field overriding an objective's timestep range
 
 
@@ -180,3 +186,8 @@ register_objective("sds_dreamfusion", sds_grad, form="standard", guidance_scale=
 register_objective("csd", csd_grad, t_range=(0.02, 0.98), alpha_index="timestep")
 register_objective("nfsd", nfsd_grad, guidance_scale=7.5, t_range=(0.02, 0.98),
                    alpha_index="timestep", prompts={"negative_quality_prompt": NFSD_NEGATIVE})
+# Style Aligned Sampling (Jiang et al., "Fast 3D Stylized Gaussian Portrait Generation From a
+# Single Image With Style Aligned Sampling Loss", Sec. IV-A.3): CFG 50, t ~ U(0.02, 0.98) (its
+# first 1000 iterations), abar at the timestep (x0_hat must invert the noising)
+register_objective("sas", sas_grad, guidance_scale=50.0, weighting="sds", t_range=(0.02, 0.98),
+                   alpha_index="timestep")

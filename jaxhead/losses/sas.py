@@ -1,6 +1,8 @@
-"""The whitening-colouring transform of the Style Aligned Sampling loss (SAS, "Fast 3D
-Stylized Gaussian Portrait Generation", the paper's Eq. for ``z'_m``), with the style
-statistics passed in (gathering them from a bank of teacher samples comes with the sampler).
+"""The Style Aligned Sampling loss (SAS; Jiang et al., "Fast 3D Stylized Gaussian Portrait
+Generation From a Single Image With Style Aligned Sampling Loss", Sec. III-B.2, Eqs. 12-14):
+the whitening-colouring transform, the loss, and the objective ``sas`` built from them. The
+style statistics come from a bank of teacher samples of the prompt
+(:mod:`jaxhead.training.style_bank`).
 
 The printed transform is not the identity when the statistics already match; the correct
 whitening-colouring form is
@@ -14,8 +16,12 @@ has exactly the style's mean and covariance.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
+
+from jaxhead.losses.distillation import cfg_eps, sds_weight
 
 Array = jax.Array
 
@@ -55,3 +61,46 @@ def sas_loss(z: Array, z_mapped: Array, weight: Array | float = 1.0) -> Array:
     ``[B]``)."""
     d = z - jax.lax.stop_gradient(z_mapped)
     return 0.5 * jnp.asarray(weight) * jnp.sum(d * d, axis=tuple(range(1, z.ndim)))
+
+
+def _per_sample(a: Array | float, like: Array) -> Array:
+    """Scalar or ``[B]`` -> broadcastable to ``like`` ``[B, h, w, C]``."""
+    a = jnp.asarray(a, like.dtype)
+    return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+
+
+def one_step_x0(latents: Array, eps_hat: Array, noise: Array, alpha_bar: Array | float) -> Array:
+    """The one-step estimate ``x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar)`` of the
+    clean latents ``z`` noised as ``x_t = sqrt(abar) z + sqrt(1 - abar) noise``, written as
+    ``z - sqrt((1 - abar) / abar) (eps_hat - noise)`` (the paper's Eq. 12, ``z' = alpha_t z +
+    beta_t (eps_p - eps)``, with ``alpha_t = 1``, ``beta_t = -sqrt((1 - abar) / abar)``).
+    ``[B, h, w, C]``; ``alpha_bar`` scalar or ``[B]``."""
+    ab = _per_sample(alpha_bar, latents)
+    return latents - jnp.sqrt((1 - ab) / ab) * (eps_hat - noise)
+
+
+def sas_grad(eps_uncond: Array, eps_cond: Array, *, noise: Array, alpha_bar: Array | float,
+             latents: Array, style_stats: Mapping[str, Array],
+             guidance_scale: float | Array = 50.0, weighting: str = "sds") -> Array:
+    """SAS (Eqs. 12-14): ``dL/dz = w(t) (z - z'_m)``, the gradient of
+    ``L = 1/2 w(t) |z - sg(z'_m)|^2`` w.r.t. the clean latents ``z``, where
+
+        x0_hat = (x_t - sqrt(1 - abar) eps_cfg) / sqrt(abar)       (one step, Eq. 12)
+        z'_m   = C_s^{1/2} C_g^{-1/2} (x0_hat - mu_g) + mu_s       (Eq. 13, corrected)
+
+    ``eps_cfg = eps_u + s (eps_c - eps_u)`` (the paper's SAS guidance: ``s = 50``), ``(mu_g,
+    C_g)`` the channel mean and covariance of each sample's ``x0_hat`` over its pixels and
+    ``style_stats = {"mean": [C], "cov": [C, C]}`` those of the style bank (teacher samples
+    of the prompt: 20 images, CFG 7.5, 20 steps in the paper). The printed Eq. 13 (``V_s^{-1/2}``,
+    ``+ mu_g``) is not the identity on matching statistics; :func:`whiten_colour` is.
+    Eq. 14 prints ``w(t) (z'_m - z)``, the negative of the loss's gradient: descending the
+    loss moves ``z`` towards ``z'_m``. ``w(t)`` is not defined in the paper (the
+    same ``omega(t)`` as its SDS, Eq. 8, from DreamFusion): ``weighting`` as
+    :func:`jaxhead.losses.sds_weight` (``"sds"``: ``1 - abar``). ``latents`` ``[B, h, w, C]``
+    (no gradient), ``alpha_bar`` must be that of the timestep ``x_t`` was noised to."""
+    eps_uncond, eps_cond, noise, latents = jax.lax.stop_gradient(
+        (eps_uncond, eps_cond, noise, latents))
+    x0 = one_step_x0(latents, cfg_eps(eps_uncond, eps_cond, guidance_scale), noise, alpha_bar)
+    z_m = whiten_colour(x0, style_stats["mean"], style_stats["cov"])
+    w = sds_weight(_per_sample(alpha_bar, latents), weighting)
+    return w * (latents - z_m)

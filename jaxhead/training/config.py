@@ -121,6 +121,12 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
     for term in enabled_terms(config):
         if hasattr(term, "validate"):
             errs += term.validate(config)
+    for key in ("style_bank.count", "style_bank.steps", "style_bank.batch"):
+        if int(get(config, key)) < 1:
+            errs.append(f"{key} must be >= 1, got {get(config, key)}")
+    if not config.style_bank.guidance_scale > 0:
+        errs.append(f"style_bank.guidance_scale must be > 0, got "
+                    f"{config.style_bank.guidance_scale}")
     if not 0.0 <= config.blend.weight <= 1.0:
         errs.append(f"blend.weight must be in [0, 1], got {config.blend.weight}")
     if config.blend.enabled and not config.blend.prompt:

@@ -129,7 +129,7 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
 
         lpips_params = lpips_lib.random_params(jax.random.key(seed + 13))
     models = Models(G, vae_mod, teacher, alphas, sched.timesteps(config.num_inference_steps),
-                    depth, demo=True)
+                    depth, demo=True, schedule=sched)
     frozen = {"generator": g_params, "vae": vae_params, "teacher": t_params,
               "depth": d_params, "text": text, "lpips": lpips_params}
     tp = term_params(config, demo=True)

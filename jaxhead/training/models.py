@@ -38,6 +38,7 @@ class Models:
     timesteps: np.ndarray  # [num_inference_steps] DDIM timesteps, descending
     depth: Any | None = None  # DepthAnythingV2 module when a selected control uses it
     demo: bool = False
+    schedule: NoiseSchedule | None = None  # the teacher's schedule (the style bank's sampler)
 
     @property
     def latent_size(self) -> int:
@@ -172,7 +173,7 @@ def load_models(config) -> tuple[Models, dict[str, Any]]:
 
         lpips_params = load_lpips(m.lpips)
     models = Models(G, vae_mod, teacher, np.asarray(sched.alphas_cumprod, np.float32),
-                    sched.timesteps(config.num_inference_steps), depth)
+                    sched.timesteps(config.num_inference_steps), depth, schedule=sched)
     frozen = {"generator": g_params, "vae": vae_params, "teacher": t_params,
               "depth": d_params, "text": text, "lpips": lpips_params}
     tp = term_params(config, demo=False)

@@ -121,15 +121,26 @@ class StepContext:
         return tuple(view_cfg.t_range) if tr is None else tr
 
     def objective(self, out: TeacherOutput, noise: Array, step_idx: Array,
-                  rank_weights: tuple[float, ...] = (), rank_renorm: bool = True) -> Array:
+                  rank_weights: tuple[float, ...] = (), rank_renorm: bool = True,
+                  latents: Array | None = None) -> Array:
         """The configured objective's latent gradient (:mod:`jaxhead.losses.objectives`),
         with the rank weighting handed to it as its score transform when asked for (and the
-        rows' timesteps and extra-prompt predictions to objectives that take them)."""
+        rows' timesteps, extra-prompt predictions, clean ``latents`` ``[b, h, w, 4]`` and the
+        style bank's statistics ``frozen["style"]`` to objectives that take them)."""
         c = self.config
         obj = losses.OBJECTIVES[c.objective]
         kw = losses.objective_kwargs(c.objective, c.objective_kw, c.guidance_scale)
         if obj.takes("timestep"):
             kw["timestep"] = jnp.asarray(self.models.timesteps)[step_idx]
+        if obj.takes("latents"):
+            if latents is None:
+                raise ValueError(f"objective {c.objective!r} needs the rows' clean latents")
+            kw["latents"] = sg(latents)
+        if obj.takes("style_stats"):
+            if "style" not in self.frozen:
+                raise ValueError(f"objective {c.objective!r} needs the style bank's statistics "
+                                 "frozen['style'] (jaxhead.training.style_bank)")
+            kw["style_stats"] = self.frozen["style"]
         if obj.takes("eps_prompts"):
             kw["eps_prompts"] = {k[4:]: v for k, v in getattr(out, "extra", {}).items()
                                  if k.startswith("obj:")}
@@ -231,7 +242,8 @@ class SingleView:
         if c.grad_mask:
             mask = resize_bilinear(r["frozen"]["image_acc"], ctx.models.latent_size,
                                    antialias=True)
-        g = ctx.objective(out, rows.noise, rows.step_idx, tuple(s.rank_weights), s.rank_renorm)
+        g = ctx.objective(out, rows.noise, rows.step_idx, tuple(s.rank_weights), s.rank_renorm,
+                          latents=latents[:ctx.batch])
         g = losses.postprocess_grad(g, mask, div=c.grad_div, clamp=c.grad_clamp)
         terms = {"ld_single": self.distill_loss(latents, g)}
         ts = jnp.asarray(ctx.models.timesteps)
@@ -319,7 +331,7 @@ class GridView:
 
     def loss(self, ctx, r, latents, rows, out):
         c = ctx.config
-        g = ctx.objective(out, rows.noise, rows.step_idx)
+        g = ctx.objective(out, rows.noise, rows.step_idx, latents=latents)
         g = losses.postprocess_grad(g, r["mask"] if c.grad_mask else None, div=c.grad_div,
                                     clamp=c.grad_clamp)
         return {"ld_grid": self.distill_loss(latents, g)}, {"g_grid": g,

@@ -17,7 +17,7 @@ RESUMABLE_CHANGES = (
     "final_turntable_frames", "distributed", "coordinator_address", "num_processes",
     "process_id", "num_devices", "mesh_axis", "remat", "split_backward",
     "models.shard_teacher", "max_skipped_steps", "resume_changed", "compilation_cache",
-    "preview_ws",
+    "preview_ws", "style_bank.batch",
 )
 
 
