@@ -78,7 +78,8 @@ def build(config, perceptual_fn: Any = None, workdir: str | os.PathLike | None =
         frozen["style"] = style_bank.load_or_make(path, models, frozen, config,
                                                   write=jax.process_index() == 0)
     for term in enabled_terms_with("prepare", config):  # e.g. the portrait's inversion
-        frozen["terms"][term.name] = {**frozen["terms"][term.name], **term.prepare(
+        nets = frozen.setdefault("terms", {}).get(term.name, {})
+        frozen["terms"][term.name] = {**nets, **term.prepare(
             models, frozen, config, workdir or config.workdir,
             write=jax.process_index() == 0)}
     mesh = sharding.make_mesh(config)

@@ -21,9 +21,12 @@ initialisation they are equal and ``delta_opt = 0``: see
 finite gradient there. LPIPS is LPIPS-VGG16 (the inversion's network) on images area-averaged
 to at most 256 px.
 
-The paper augments the renders before encoding them; its augmentations are not specified and
-none are applied here. The score-distillation objective is off in this mode
-(``objective="none"``, ``configs/portrait.py``): no Stable Diffusion weights are read.
+The inversion renders with PanoHead's projector near plane (``ray_start`` 2.35, as
+``jaxhead.invert``); training renders use the generator's own (as every other render of the
+trainer and the exported generator). The paper augments the renders before encoding them;
+its augmentations are not specified and none are applied here. The score-distillation
+objective is off in this mode (``objective="none"``, ``configs/portrait.py``): no Stable
+Diffusion weights are read.
 """
 
 from __future__ import annotations
