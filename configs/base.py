@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.models.shard_teacher = False  # shard the frozen teacher's params over the devices
     c.models.clip = "checkpoints/clip-vit-b32"  # python -m convert_weights.clip (terms.nada)
     c.models.arcface = "checkpoints/arcface_r50"  # convert_weights.arcface (terms.identity)
+    # python -m convert_weights.lpips --net vgg ... (or convert_weights.vgg16_nvidia): the
+    # portrait mode's inversion and spatial LPIPS (terms.portrait)
+    c.models.lpips_vgg = "checkpoints/lpips_vgg"
     # with models "demo" only: "gaussian" (an analytic teacher pulling latents towards a palette,
     # jaxhead.training.demo_teacher) or "random_sd" (a tiny random-weight SD stack)
     c.demo_teacher = "random_sd"
@@ -61,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     # --- teacher and objective
     c.num_inference_steps = 50  # DDIM schedule the step indices refer to
     # a name registered in jaxhead.losses.OBJECTIVES: ld | sds | bsd | sds_dreamfusion | csd |
-    # nfsd | sas (docs/objectives.md; sas samples the style bank below)
+    # nfsd | sas (docs/objectives.md; sas samples the style bank below); "none": no score
+    # distillation, no teacher (views off; the terms are the loss: configs/portrait.py)
     c.objective = "ld"
     # the objective's keyword arguments (unset = its registered default), e.g.
     # --config.objective_kw.form=paper (LD with the full CFG eps as the score; default official:
@@ -135,8 +139,23 @@ def get_config() -> ml_collections.ConfigDict:
     # terms.<name>.weight (0 = off) and its options: relative_distance (DiffusionGAN3D, batch
     # >= 2), displacement_variance (StyleMM CDL, batch >= 2), nada (StyleGAN-NADA CLIP
     # direction: source, target), identity (ArcFace 1 - cos), sgf_directional and
-    # sgf_reconstruction (StyleGAN-Fusion: div, clamp)
+    # sgf_reconstruction (StyleGAN-Fusion: div, clamp), portrait (3DArtmator's single-portrait
+    # mode: configs/portrait.py; its options are documented in jaxhead/training/portrait.py)
     c.terms = terms_config()
+
+    # --- single-portrait mode (3DArtmator; configs/portrait.py, terms.portrait)
+    # the art portrait: an aligned square crop with a camera, either a folder in PanoHead's
+    # layout (dataset.json) holding one image, or an image file with reference_yaw (required)
+    # and reference_pitch in radians (jaxhead.invert's two forms)
+    c.reference = ""
+    c.reference_yaw = ml_collections.config_dict.placeholder(float)
+    c.reference_pitch = 0.0
+    # its W+ inversion, an .npz with 'w' [1, num_ws, w_dim] (jaxhead.invert's output): skips
+    # the inversion. "": inverted at start (reference_invert_steps projector steps, PanoHead's
+    # projector) and cached as <workdir>/reference_w.npz with its settings (a resumed run
+    # reuses it; a cache of another reference or setting is refused)
+    c.reference_w = ""
+    c.reference_invert_steps = 500
 
     # --- resuming and divergence
     c.resume_changed = ()  # fields allowed to differ from the workdir's saved config.json

@@ -2,6 +2,7 @@
 
     python -m jaxhead.train --config configs/pixar.py [--config.steps=2000 ...]
     python -m jaxhead.train --config configs/demo.py          # tiny random models, CPU, minutes
+    python -m jaxhead.train --config configs/portrait.py --config.reference=art/  # one portrait
 
 Writes into ``config.workdir``: ``checkpoints/`` (orbax; rerunning with the same workdir
 resumes), ``metrics.jsonl`` (+ ``tb/`` TensorBoard events), ``previews/`` (before vs after from
@@ -27,7 +28,7 @@ from jaxhead.errors import TrainingDiverged
 from jaxhead.training import checkpoint, sharding
 from jaxhead.training.config import validate_config
 from jaxhead.training.logging import MetricWriter, save_png, to_uint8
-from jaxhead.training.models import Models, build_models, describe
+from jaxhead.training.models import Models, build_models, describe, enabled_terms_with
 from jaxhead.training.optim import make_optimizer, merge
 from jaxhead.training.sampling import conditioning_ws
 from jaxhead.training.step import init_state, train_step
@@ -76,6 +77,11 @@ def build(config, perceptual_fn: Any = None, workdir: str | os.PathLike | None =
         path = Path(workdir or config.workdir) / style_bank.BANK_FILE
         frozen["style"] = style_bank.load_or_make(path, models, frozen, config,
                                                   write=jax.process_index() == 0)
+    for term in enabled_terms_with("prepare", config):  # e.g. the portrait's inversion
+        nets = frozen.setdefault("terms", {}).get(term.name, {})
+        frozen["terms"][term.name] = {**nets, **term.prepare(
+            models, frozen, config, workdir or config.workdir,
+            write=jax.process_index() == 0)}
     mesh = sharding.make_mesh(config)
     frozen = sharding.place_frozen(frozen, mesh, config)
     optimizer = make_optimizer(config)
@@ -114,6 +120,8 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
         from jaxhead.training.preview import read_preview_ws
 
         preview_ids = read_preview_ws(config)
+    for term in enabled_terms_with("check_inputs", config):  # e.g. the portrait's reference
+        term.check_inputs(config)
     start_distributed(config)
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +164,8 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
             if writer:
                 writer.write(s, metrics)
             bar.set_postfix({k: f"{metrics[k]:.3g}" for k in
-                             ("ld_single", "ld_grid", "tweedie", "lpips", "ldis") if k in metrics})
+                             ("ld_single", "ld_grid", "tweedie", "lpips", "ldis",
+                              "portrait_direction", "portrait_spatial") if k in metrics})
         bar.update(1)
         skipped = skipped + 1 if float(m["skipped"]) else 0
         if skipped >= config.max_skipped_steps:
@@ -259,8 +268,10 @@ def write_previews(workdir: Path, step: int, p: dict[str, Any],
 def export_generator(out_dir: Path, models: Models, frozen, trainable, config) -> Path:
     """The stylized generator in its own format (:func:`jaxhead.generators.load_generator`)."""
     params = merge(jax.device_get(frozen["generator"]), jax.device_get(trainable))
-    models.G.save(out_dir, params, extra={"stylized": {
-        "prompt": config.prompt, "steps": int(config.steps)}})
+    info = {"prompt": config.prompt, "steps": int(config.steps)}
+    if config.get("reference"):
+        info["reference"] = str(config.reference)
+    models.G.save(out_dir, params, extra={"stylized": info})
     return out_dir
 
 

@@ -1,6 +1,6 @@
 """Auxiliary terms: the official training's Tweedie MSE and LDIS, and the regularising terms of
 the baselines and related systems (relative distances, displacement variance, directional CLIP,
-identity, StyleGAN-Fusion's diffusion regularizers)."""
+identity, StyleGAN-Fusion's diffusion regularizers, 3DArtmator's image-direction loss)."""
 
 from __future__ import annotations
 
@@ -84,6 +84,27 @@ def clip_direction_loss(img_emb: Array, img_emb_frozen: Array, text_dir: Array) 
     step) gives 1 with a finite gradient."""
     d = unit(unit(img_emb) - unit(jax.lax.stop_gradient(img_emb_frozen)))
     return 1.0 - jnp.sum(d * unit(jax.lax.stop_gradient(text_dir)), axis=-1)
+
+
+def image_direction_loss(img_emb: Array, img_emb_frozen: Array, guide: Array, *,
+                         eps: float = 1e-3) -> Array:
+    """3DArtmator's style-directional difference loss (Zheng et al., TVCG 2024, Eq. 7) per
+    sample ``[N]``: ``1 - cos(delta_guide, delta_opt)`` with ``delta_opt = E(I_trn) - E(I_ori)``
+    (trained and frozen renders of one w from one view, ``[N, D]``) and ``guide`` ``[D]`` =
+    ``delta_guide = E(I_ref) - E(I*_ori)`` (the art portrait vs the frozen generator's render of
+    its inversion at the reference camera). ``E`` is the CLIP image embedding normalised to
+    unit length before the difference (as NADA's ``CLIPLoss`` and the ``nada`` term do; pass
+    ``guide`` made the same way, :func:`unit` of each embedding).
+
+    The cosine is ``<unit(guide), d> / sqrt(|d|^2 + eps^2)``: ``1 - cos`` exactly for
+    ``eps = 0``, and within ``eps^2 / (2 |d|^2)`` of it otherwise. At initialisation the trained
+    generator equals the frozen one, ``d = 0``, and the plain cosine is undefined; here the
+    value is 1 and the gradient ``-unit(guide) / eps`` (finite, pointing along the guide). A
+    clamped norm (``max(|d|, 1e-8)``, torch's ``cosine_similarity``) would give a 1e8 gradient
+    there, whose square then dominates Adam's second moment for thousands of steps."""
+    d = unit(img_emb) - unit(jax.lax.stop_gradient(img_emb_frozen))
+    g = unit(jax.lax.stop_gradient(guide))
+    return 1.0 - jnp.sum(d * g, axis=-1) * jax.lax.rsqrt(jnp.sum(d * d, axis=-1) + eps * eps)
 
 
 def identity_loss(emb: Array, emb_frozen: Array) -> Array:

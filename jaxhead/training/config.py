@@ -20,10 +20,15 @@ from jaxhead.training.optim import OPTIMIZERS
 from jaxhead.training.terms import enabled_terms
 from jaxhead.training.views import VIEWS
 
+# objective "none": no score distillation at all (no view, no teacher); the enabled terms are
+# the whole loss (the single-portrait mode, configs/portrait.py)
+NO_OBJECTIVE = "none"
+
 
 def _choices() -> dict[str, tuple[str, ...]]:
     return {
-        "objective": tuple(losses.OBJECTIVES), "alpha_index": ("step", "timestep"),
+        "objective": tuple(losses.OBJECTIVES) + (NO_OBJECTIVE,),
+        "alpha_index": ("step", "timestep"),
         "noise_mode": ("random", "const", "none"), "grid.mode": ("before_sr", "after_sr"),
         "optimizer.name": tuple(OPTIMIZERS), "models.teacher_dtype": ("float32", "bfloat16"),
         "demo_teacher": ("gaussian", "random_sd"),
@@ -58,7 +63,8 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
     for key, allowed in _choices().items():
         if get(config, key) not in allowed:
             errs.append(f"{key}={get(config, key)!r} (choose from {allowed})")
-    if not config.prompt:
+    no_objective = config.objective == NO_OBJECTIVE
+    if not config.prompt and not no_objective:
         errs.append("prompt is empty (use a style config, or --config.prompt='...')")
     if config.preview_every < 0:
         errs.append("preview_every must be >= 0 (0 disables previews)")
@@ -121,6 +127,9 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
     for term in enabled_terms(config):
         if hasattr(term, "validate"):
             errs += term.validate(config)
+    if config.get("reference") and not config.terms.portrait.weight > 0:
+        errs.append(f"reference={config.reference!r} is set but terms.portrait.weight=0 (the "
+                    "single-portrait mode: configs/portrait.py)")
     for key in ("style_bank.count", "style_bank.steps", "style_bank.batch"):
         if int(get(config, key)) < 1:
             errs.append(f"{key} must be >= 1, got {get(config, key)}")
@@ -141,7 +150,16 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
         except ValueError as e:
             errs.append(str(e))
     n_dev = config.num_devices or 1
-    if not any(config[v].enabled for v in VIEWS):
+    if no_objective:
+        on = [f"{v}.enabled" for v in VIEWS if config[v].enabled]
+        if on:
+            errs.append(f"objective=none distills nothing, but {', '.join(on)} (score views) "
+                        f"{'is' if len(on) == 1 else 'are'} on: set "
+                        + " ".join(f"--config.{f}=False" for f in on))
+        if not enabled_terms(config):
+            errs.append("objective=none and no term has a weight > 0: nothing to train (e.g. "
+                        "configs/portrait.py: terms.portrait)")
+    elif not any(config[v].enabled for v in VIEWS):
         errs.append(f"no view is enabled ({', '.join(f'{v}.enabled' for v in VIEWS)} are "
                     "all False): nothing to distill")
     if config.batch_size % n_dev:

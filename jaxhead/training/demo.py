@@ -26,6 +26,7 @@ from jaxhead.training.demo_teacher import GaussianTeacher, PoolingVAE, palette_i
 from jaxhead.training.models import (
     Models,
     controlnet_names,
+    needs_teacher,
     term_params,
     text_embeddings,
     uses_depth_model,
@@ -95,6 +96,9 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
         g_params = demo_params(G, seed)
     else:
         G, g_params = demo_generator(seed)
+    if not needs_teacher(config):  # objective "none": no SD stack at all
+        return Models(G, None, None, None, None, demo=True), {
+            "generator": g_params, "terms": term_params(config, demo=True)}
     if config.demo_teacher == "gaussian":  # colour-preserving latents (see demo_teacher)
         vae_mod, vae_params = PoolingVAE(), {}
     else:

@@ -32,10 +32,10 @@ class Models:
     """Static parts of the training computation (hashable by identity)."""
 
     G: Generator3D
-    vae: AutoencoderKL
-    teacher: Teacher
-    alphas_cumprod: np.ndarray  # [T] float32
-    timesteps: np.ndarray  # [num_inference_steps] DDIM timesteps, descending
+    vae: AutoencoderKL | None  # None (with teacher, schedule): a run without a teacher
+    teacher: Teacher | None
+    alphas_cumprod: np.ndarray | None  # [T] float32
+    timesteps: np.ndarray | None  # [num_inference_steps] DDIM timesteps, descending
     depth: Any | None = None  # DepthAnythingV2 module when a selected control uses it
     demo: bool = False
     schedule: NoiseSchedule | None = None  # the teacher's schedule (the style bank's sampler)
@@ -70,6 +70,15 @@ def uses_depth_model(config) -> bool:
     return any(CONTROLS[c].depth_model for c in selected_controls(config))
 
 
+def needs_teacher(config) -> bool:
+    """Whether the run asks Stable Diffusion anything: a score view is enabled or a term sends
+    rows to the teacher (StyleGAN-Fusion's). False with ``objective="none"`` (the
+    single-portrait mode): then no SD weights (teacher, VAE, text encoder) are read."""
+    from jaxhead.training.views import enabled_views
+
+    return bool(enabled_views(config)) or bool(enabled_terms_with("rows", config))
+
+
 def uses_lpips(config) -> bool:
     """The LPIPS term exists only on the single-view path."""
     return config.lpips_weight > 0 and config.single.enabled
@@ -100,7 +109,7 @@ def missing_weights(config) -> list[str]:
         miss.append("tokenizer")
     if not (sd / "scheduler" / "scheduler_config.json").is_file():
         miss.append("scheduler")
-    if miss:
+    if miss and needs_teacher(config):
         out.append(f"Stable Diffusion teacher in {sd}: missing {', '.join(miss)}\n    "
                    + SD_CONVERT.format(sd=sd))
     if uses_depth_model(config) and not _converted(Path(m.depth_anything)):
@@ -153,6 +162,10 @@ def load_models(config) -> tuple[Models, dict[str, Any]]:
     m = config.models
     dtype = jnp.bfloat16 if m.teacher_dtype == "bfloat16" else jnp.float32
     G, g_params = load_generator(m.generator)
+    if not needs_teacher(config):  # objective "none": the generator and the terms' networks
+        models = Models(G, None, None, None, None)
+        frozen = {"generator": g_params, "terms": term_params(config, demo=False)}
+        return models, frozen
     sd = Path(m.sd)
     vae_mod, vae_params = vae_lib.load(sd / "vae")
     vae_mod = vae_mod.clone(remat=bool(config.remat))
@@ -197,6 +210,12 @@ def build_models(config) -> tuple[Models, dict[str, Any]]:
 
 def describe(models: Models, config) -> str:
     G, t = models.G, models.teacher
+    if t is None:
+        from jaxhead.training.terms import enabled_terms
+
+        return (f"{type(G).__name__} generator ({G.image_size} px"
+                + (", random weights" if models.demo else "") + "); no teacher (objective "
+                "none); terms " + ", ".join(t.name for t in enabled_terms(config)))
     unet = getattr(t, "unet", None)
     teacher = (f"teacher UNet {unet.config.block_out_channels}" if unet is not None else
                f"teacher {type(t).__name__}")

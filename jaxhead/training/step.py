@@ -171,7 +171,8 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
     which, term_names = (list(range(len(views))), None) if part is None else part
     views = [views[i] for i in which]
     renders = [v.render(ctx) for v in views]
-    latents = _encode(ctx, [r["images"] for r in renders], None if part is None else which)
+    latents = (_encode(ctx, [r["images"] for r in renders], None if part is None else which)
+               if views else [])  # objective "none": no view, no VAE
     rows = [v.rows(ctx, r, lat) for v, r, lat in zip(views, renders, latents, strict=True)]
     ctx = dataclasses.replace(ctx, views={
         v.name: {"render": r, "latents": lat, "rows": row}
@@ -180,7 +181,7 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
     # terms that ask the teacher too (StyleGAN-Fusion's regularizers) join the one call
     term_rows = {t.name: t.rows(ctx) for t in active if hasattr(t, "rows")}
     term_rows = {k: r for k, r in term_rows.items() if r is not None}
-    outs = _teacher(ctx, rows + list(term_rows.values()))
+    outs = _teacher(ctx, rows + list(term_rows.values())) if rows or term_rows else []
     outs, term_outs = outs[:len(rows)], dict(zip(term_rows, outs[len(rows):], strict=True))
     ctx = dataclasses.replace(ctx, views={
         v.name: {**ctx.views[v.name], "out": out} for v, out in zip(views, outs, strict=True)},
@@ -194,7 +195,10 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
     term_state = {}
     for term in active:
         value, new = term(state.term_state.get(term.name), ctx)
-        terms[term.name] = value
+        if isinstance(value, Mapping):  # a term of several named parts (each logged)
+            terms.update(value)
+        else:
+            terms[term.name] = value
         if term.stateful:
             term_state[term.name] = new
     aux.update(terms=terms, term_state=term_state)

@@ -10,7 +10,11 @@ Optional hooks: ``rows(ctx) -> TeacherRows | None`` asks the teacher for rows of
 step's one teacher call (the answer is ``ctx.term_outs[name]``); ``validate(config) -> [str]``
 adds config errors; ``missing(config) -> [str]`` lists missing weights (with the convert
 command); ``load(config, demo) -> params`` loads its frozen networks into
-``frozen["terms"][name]``.
+``frozen["terms"][name]``; ``check_inputs(config)`` reads the term's input files before the
+trainer writes anything (one ``DataError`` line each); ``prepare(models, frozen, config,
+workdir, write=) -> dict`` adds arrays that need the loaded models or the workdir (the
+portrait's inversion) to ``frozen["terms"][name]``. ``__call__`` may return a dict of named
+values instead of one value (each logged; their sum enters the loss).
 
 The zoo's terms (:mod:`jaxhead.training.regularizer_terms`) are configured under
 ``config.terms.<name>`` (``weight`` and their options, made from each term's ``defaults`` by
@@ -124,4 +128,5 @@ def terms_config() -> ml_collections.ConfigDict:
     return c
 
 
-from jaxhead.training import regularizer_terms  # noqa: E402,F401  (registers the zoo's terms)
+from jaxhead.training import regularizer_terms  # noqa: E402,F401,I001  (the zoo's terms)
+from jaxhead.training import portrait  # noqa: E402,F401,I001  (terms.portrait)
