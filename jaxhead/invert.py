@@ -94,12 +94,9 @@ def _mesh(batch: int) -> Mesh:
     return Mesh(np.array(devices[:n]), ("data",))
 
 
-def _place(tree, mesh: Mesh, batch: int, split: bool = True):
-    """Identity-axis arrays split over the mesh (``split``), everything else replicated.
-
-    PTI is not split: its per-identity generator weights make vmapped (grouped) convolutions
-    that XLA's SPMD partitioner currently mis-partitions on CPU."""
-    part = NamedSharding(mesh, PartitionSpec("data" if split else None))
+def _place(tree, mesh: Mesh, batch: int):
+    """Identity-axis arrays split over the mesh, everything else replicated."""
+    part = NamedSharding(mesh, PartitionSpec("data"))
     rep = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: jax.device_put(
         x, part if x.ndim and x.shape[0] == batch else rep), tree)
@@ -138,13 +135,12 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
         result = {"mse": mse, "lpips": perc}
         tuned = None
         if args.pti_steps:
-            pti = _place(proj.pti_init(args.batch), mesh, args.batch, split=False)
-            tgt_r, w_r = _place((tgt, w), mesh, args.batch, split=False)
+            pti = _place(proj.pti_init(args.batch), mesh, args.batch)
             with tqdm(total=args.pti_steps, desc="pivotal tuning", unit="step",
                       dynamic_ncols=True) as bar:
                 for i in range(args.pti_steps):
-                    pti, terms = proj.pti_step(pti, tgt_r, w_r,
-                                               jax.random.fold_in(key, 10**6 + i))
+                    pti, terms = proj.pti_step(pti, tgt, w, jax.random.fold_in(key, 10**6 + i),
+                                               mesh=mesh)
                     if i % 10 == 0 or i == args.pti_steps - 1:
                         bar.set_postfix({k: f"{float(jnp.mean(v)):.4f}"
                                          for k, v in terms.items()})
@@ -157,10 +153,10 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
             if tuned is not None:
                 one = Targets(tgt.images[j:j + 1], tgt.features[j:j + 1], tgt.c[j:j + 1])
                 m, q = (float(np.asarray(x)[0]) for x in measure(p, lpips_params, w1, one))
-            recon = np.asarray(render(p, w1, tgt.c[j:j + 1]))
-            turned = np.asarray(render(p, jnp.repeat(w1, len(COMPARE_YAWS), 0), views))
-            tiles = [to_uint8(np.asarray(images[j])), to_uint8(recon[0])]
-            tiles += [to_uint8(x) for x in turned]
+            # the reconstruction at the target camera and the turned views: one render call
+            cams_j = jnp.concatenate([jnp.asarray(np.asarray(tgt.c[j:j + 1])), views])
+            shown = np.asarray(render(p, jnp.repeat(w1, len(cams_j), 0), cams_j))
+            tiles = [to_uint8(np.asarray(images[j]))] + [to_uint8(x) for x in shown]
             files = outputs(out, t.stem, tuned is not None)
             info = {"image": t.name, "steps": args.steps, "seconds": round(seconds, 2),
                     "mse": float(result["mse"][j]), "lpips": float(result["lpips"][j]),
