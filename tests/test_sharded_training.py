@@ -83,6 +83,7 @@ def sharded_steps():
     return out
 
 
+@pytest.mark.heavy  # two trainer processes: ~4 minutes (run with -m heavy)
 # the two-process run is requested first: its fixture then runs before sharded_steps compiles
 def test_two_processes_train_like_one(two_process_run, sharded_steps):
     """One identity per device: the exported generator equals the single-process 4-device

@@ -169,6 +169,7 @@ def _gradient_from_adam(opt_state, b1: float):
     return jax.tree.map(lambda m: np.asarray(m) / (1.0 - b1), jax.device_get(found[0].mu))
 
 
+@pytest.mark.heavy  # a second compile of the demo step: ~2.5 minutes (run with -m heavy)
 def test_split_backward_gives_the_one_pass_gradient(demo_run):
     """``split_backward`` (one backward pass per view, summed; the default) gives the demo's
     one-pass gradient to fp32 round-off, and the same loss terms and term state. The one-pass
@@ -447,7 +448,7 @@ def test_missing_control_weights_stop_the_run(tmp_path):
     assert "depth_anything" not in "\n".join(missing_weights(c))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the shipped demo for 4 steps: ~4 minutes (run with -m heavy)
 def test_demo_as_shipped_visibly_restyles_every_head_and_view(tmp_path):
     """``configs/demo.py`` as a newcomer runs it (the analytic Gaussian demo teacher, single
     view + mirror + grid, rank weighting), half its steps: every head's colour moves towards
