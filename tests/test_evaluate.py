@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from train_testlib import override
 
 from configs import eval_demo
 from jaxhead import evaluate as ev
@@ -27,13 +28,7 @@ def _config(tmp_path, ids_dir, **over):
     c.edit.steps = 4  # SDEdit: 2 of 4 steps
     c.metric_batch = 2
     c.kid_subsets = 5
-    for k, v in over.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return override(c, **over)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
+from train_testlib import override
 
 from configs import portrait as portrait_config
 from jaxhead import train
@@ -108,13 +109,7 @@ def _config(tmp_path, **over):
     c.reference = str(_image(tmp_path / "art.png"))
     c.reference_yaw = 0.25
     c.workdir = str(tmp_path / "run")
-    for k, v in over.items():
-        target = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = v
-    return c
+    return override(c, **over)
 
 
 def test_reference_forms_and_their_errors(tmp_path):

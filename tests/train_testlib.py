@@ -18,6 +18,12 @@ def micro_config(**over):
     c.final_turntable_identities = 0
     c.preview_every = 0
     c.log_every = 1
+    return override(c, **over)
+
+
+def override(c, **over):
+    """Set dotted config fields in place (``override(c, **{"optimizer.lr": 1.0})``); returns
+    ``c``."""
     for k, v in over.items():
         target = c
         *parents, leaf = k.split(".")
