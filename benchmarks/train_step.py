@@ -57,13 +57,19 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
     opt = make_optimizer(c)
     state = init_state(models, frozen, c, opt)
     st_sh = state_shardings(c, models, frozen, opt, mesh)
+    fr_sh = sharding.frozen_shardings(frozen, mesh, c)
     rep = sharding.replicated(mesh)
-    frozen = sharding.place_frozen(frozen, mesh, c)
-    state = jax.device_put(state, st_sh)
+    if compile_only:  # shapes only: nothing is copied to the devices (a replicated teacher on
+        # 4 fake CPU devices would be 4 host copies)
+        def spec(x, s):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+
+        state, frozen = jax.tree.map(spec, state, st_sh), jax.tree.map(spec, frozen, fr_sh)
+    else:
+        state, frozen = jax.device_put(state, st_sh), jax.device_put(frozen, fr_sh)
     step = jax.jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt,
                                            mesh=mesh if devices > 1 else None),
-                   in_shardings=(st_sh, jax.tree.map(lambda x: x.sharding, frozen)),
-                   out_shardings=(st_sh, rep), donate_argnums=0)
+                   in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, rep), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen).compile()
     t_compile = time.perf_counter() - t0

@@ -72,12 +72,16 @@ def sharded_steps():
     if jax.device_count() < 4:
         pytest.skip("needs 4 (fake) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
     out = {}
-    for n in (1, 4):
-        b = train.build(micro_config(num_devices=n, **SHARDED))
+    for n in (1, 4):  # on 4 devices the teacher is sharded too (models.shard_teacher)
+        b = train.build(micro_config(num_devices=n, **SHARDED,
+                                     **{"models.shard_teacher": n == 4}))
         state, m = b.step(b.init(), b.frozen)
         if n == 4:
             sh = state.term_state["ldis"].prev.sharding
             assert sh.spec[0] == "data" and len(sh.device_set) == 4
+            # the demo teacher's one tensor of >= 64 Ki values lives in quarters
+            big = [x for x in jax.tree.leaves(b.frozen["teacher"]) if x.size >= 1 << 16]
+            assert big and all(x.addressable_shards[0].data.size * 4 == x.size for x in big)
         out[n] = (jax.device_get(state.params), {k: float(v) for k, v in m.items()},
                   jax.device_get(b.init().params), jax.device_get(b.frozen["generator"]))
     return out
@@ -103,7 +107,8 @@ def test_two_processes_train_like_one(two_process_run, sharded_steps):
 
 
 def test_sharded_step_matches_single_device(sharded_steps):
-    """4 CPU devices, identities split over the data axis: same update as one device."""
+    """4 CPU devices, identities split over the data axis and the teacher's large tensors
+    split across the devices: same update as one device."""
     (p1, m1, init1, _), (p4, m4, _, _) = sharded_steps[1], sharded_steps[4]
     for k in ("ld_grid", "ldis"):
         assert m1[k] == pytest.approx(m4[k], rel=1e-3), k
@@ -114,3 +119,32 @@ def test_sharded_step_matches_single_device(sharded_steps):
     assert scale > 0
     err = max_err(g1, g4)
     assert err <= 2e-3 * scale, (err, scale)
+
+
+def test_teacher_sharding_places_each_tensor_once():
+    """``models.shard_teacher``: large teacher tensors split along their largest axis that the
+    device count divides, small or indivisible ones (and everything but the teacher)
+    replicated; the placement never makes a replicated copy first."""
+    from configs import demo
+    from jaxhead.training import sharding
+
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 (fake) devices")
+    c = demo.get_config()
+    c.batch_size = c.num_devices = 4
+    c.models.shard_teacher = True
+    mesh = sharding.make_mesh(c)
+    frozen = {"generator": {"w": np.ones((512, 512), np.float32)},
+              "teacher": {"conv": np.ones((3, 3, 320, 640), np.float32),
+                          "odd": np.ones((3, 3, 321, 321), np.float32),
+                          "bias": np.ones((640,), np.float32)}}
+    sh = sharding.frozen_shardings(frozen, mesh, c)
+    assert tuple(sh["teacher"]["conv"].spec) == (None, None, None, "data")
+    assert tuple(sh["teacher"]["odd"].spec) == () and tuple(sh["teacher"]["bias"].spec) == ()
+    assert tuple(sh["generator"]["w"].spec) == ()
+    placed = sharding.place_frozen(frozen, mesh, c)
+    assert placed["teacher"]["conv"].addressable_shards[0].data.shape == (3, 3, 320, 160)
+    np.testing.assert_array_equal(np.asarray(placed["teacher"]["conv"]), frozen["teacher"]["conv"])
+    c.models.shard_teacher = False
+    assert all(tuple(s.spec) == () for s in
+               jax.tree.leaves(sharding.frozen_shardings(frozen, mesh, c)))

@@ -42,30 +42,33 @@ def batch_sharded(mesh: Mesh, axis: str) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axis))
 
 
-def shard_teacher(frozen: dict[str, Any], mesh: Mesh, axis: str) -> dict[str, Any]:
-    """Shard each large teacher tensor along its largest axis divisible by the device count."""
+def teacher_sharding(x: Any, mesh: Mesh, axis: str) -> NamedSharding:
+    """Where one frozen teacher tensor lives with ``models.shard_teacher``: split along its
+    largest axis divisible by the device count (tensors under 64 Ki values replicated)."""
     n = mesh.devices.size
+    dims = [i for i, d in enumerate(x.shape) if d % n == 0 and d >= n]
+    if x.size < 1 << 16 or not dims:
+        return replicated(mesh)
+    i = max(dims, key=lambda k: x.shape[k])
+    spec = [None] * len(x.shape)
+    spec[i] = axis
+    return NamedSharding(mesh, PartitionSpec(*spec))
 
-    def place(x):
-        dims = [i for i, d in enumerate(x.shape) if d % n == 0 and d >= n]
-        if x.size < 1 << 16 or not dims:
-            return jax.device_put(x, replicated(mesh))
-        i = max(dims, key=lambda k: x.shape[k])
-        spec = [None] * x.ndim
-        spec[i] = axis
-        return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
 
-    out = dict(frozen)
-    out["teacher"] = jax.tree.map(place, frozen["teacher"])
+def frozen_shardings(frozen: dict[str, Any], mesh: Mesh, config) -> dict[str, Any]:
+    """The frozen params' shardings (same tree): replicated, the teacher's large tensors split
+    across devices with ``models.shard_teacher``."""
+    out = jax.tree.map(lambda _: replicated(mesh), frozen)
+    if config.models.shard_teacher and mesh.devices.size > 1 and "teacher" in frozen:
+        out["teacher"] = jax.tree.map(lambda x: teacher_sharding(x, mesh, config.mesh_axis),
+                                      frozen["teacher"])
     return out
 
 
 def place_frozen(frozen: dict[str, Any], mesh: Mesh, config) -> dict[str, Any]:
-    """Frozen params on the mesh: replicated (teacher optionally sharded)."""
-    frozen = jax.tree.map(lambda x: jax.device_put(x, replicated(mesh)), frozen)
-    if config.models.shard_teacher and mesh.devices.size > 1:
-        frozen = shard_teacher(frozen, mesh, config.mesh_axis)
-    return frozen
+    """Frozen params on the mesh, each tensor put once where it lives (a sharded teacher is never
+    replicated first, so no device ever holds all of it)."""
+    return jax.device_put(frozen, frozen_shardings(frozen, mesh, config))
 
 
 def constrain_batch(x: jax.Array, mesh: Mesh | None, axis: str) -> jax.Array:
