@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def grid_sample_3d(volume: jax.Array, coords: jax.Array) -> jax.Array:
@@ -30,7 +31,7 @@ def _sample_one(vol: jax.Array, xyz: jax.Array) -> jax.Array:
     iz = ((xyz[:, 2] + 1) * d - 1) * 0.5
     x0, y0, z0 = jnp.floor(ix), jnp.floor(iy), jnp.floor(iz)
     fx, fy, fz = ix - x0, iy - y0, iz - z0
-    out = jnp.zeros((xyz.shape[0], c), vol.dtype)
+    idx, wgt = [], []
     for dz, wz in ((0, 1 - fz), (1, fz)):
         zi = z0 + dz
         for dy, wy in ((0, 1 - fy), (1, fy)):
@@ -39,12 +40,43 @@ def _sample_one(vol: jax.Array, xyz: jax.Array) -> jax.Array:
                 xi = x0 + dx
                 valid = ((xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
                          & (zi >= 0) & (zi <= d - 1))
-                idx = (jnp.clip(zi, 0, d - 1).astype(jnp.int32) * (h * w)
-                       + jnp.clip(yi, 0, h - 1).astype(jnp.int32) * w
-                       + jnp.clip(xi, 0, w - 1).astype(jnp.int32))
-                wgt = jnp.where(valid, wx * wy * wz, 0.0).astype(vol.dtype)
-                out = out + jnp.take(flat, idx, axis=0) * wgt[:, None]
+                idx.append(jnp.clip(zi, 0, d - 1).astype(jnp.int32) * (h * w)
+                           + jnp.clip(yi, 0, h - 1).astype(jnp.int32) * w
+                           + jnp.clip(xi, 0, w - 1).astype(jnp.int32))
+                wgt.append(jnp.where(valid, wx * wy * wz, 0.0).astype(vol.dtype))
+    return _gather_weighted(flat, jnp.stack(idx), jnp.stack(wgt))
+
+
+@jax.custom_vjp
+def _gather_weighted(flat: jax.Array, idx: jax.Array, wgt: jax.Array) -> jax.Array:
+    """``sum_k wgt[k, :, None] * flat[idx[k]]``: flat ``[V, C]``, idx / wgt ``[K, M]`` ->
+    ``[M, C]``.
+
+    Its own VJP: the table's cotangent is one buffer that every corner scatter-adds into in
+    turn (autodiff of the sum makes a zero table per corner, which XLA allocates early and
+    keeps: 8 volume-sized buffers per call in the training step's backward pass)."""
+    out = wgt[0, :, None] * jnp.take(flat, idx[0], axis=0)
+    for k in range(1, idx.shape[0]):
+        out = out + wgt[k, :, None] * jnp.take(flat, idx[k], axis=0)
     return out
+
+
+def _gather_weighted_fwd(flat, idx, wgt):
+    return _gather_weighted(flat, idx, wgt), (flat, idx, wgt)
+
+
+def _gather_weighted_bwd(res, g):
+    flat, idx, wgt = res
+    d_flat = jnp.zeros_like(flat)
+    for k in range(idx.shape[0]):
+        d_flat = d_flat.at[idx[k]].add(wgt[k, :, None] * g)
+    # only computed where the sample positions carry a gradient (dead code otherwise)
+    d_wgt = jnp.stack([jnp.sum(jnp.take(flat, idx[k], axis=0) * g, axis=-1)
+                       for k in range(idx.shape[0])])
+    return d_flat, np.zeros(idx.shape, jax.dtypes.float0), d_wgt
+
+
+_gather_weighted.defvjp(_gather_weighted_fwd, _gather_weighted_bwd)
 
 
 def sample_bilinear_2d(image: jax.Array, xy: jax.Array) -> jax.Array:
