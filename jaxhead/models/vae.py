@@ -205,10 +205,19 @@ class AutoencoderKL(nn.Module):
 
 
 def encode_latents(vae: AutoencoderKL, params: Any, images: Array,
-                   key: jax.Array | None = None) -> Array:
+                   key: jax.Array | None = None, one_at_a_time: bool = False) -> Array:
     """Images [B, H, W, 3] in [-1, 1] -> UNet latents ``scaling_factor * (z - shift)``, with z a
-    posterior sample when ``key`` is given, else the mean."""
-    dist = vae.apply({"params": params}, images, method=vae.encode)
+    posterior sample when ``key`` is given, else the mean.
+
+    ``one_at_a_time``: encode the images in sequence, each rematerialised, so that a backward
+    pass holds one image's encoder activations instead of the batch's (same result, same
+    posterior noise)."""
+    if one_at_a_time and images.shape[0] > 1:
+        one = jax.checkpoint(lambda x: vae.apply({"params": params}, x[None],
+                                                 method=vae.encode))
+        dist = jax.tree.map(lambda a: a[:, 0], jax.lax.map(one, images))
+    else:
+        dist = vae.apply({"params": params}, images, method=vae.encode)
     z = dist.mode() if key is None else dist.sample(key)
     shift = vae.config.shift_factor or 0.0
     return (z - shift) * vae.config.scaling_factor

@@ -67,8 +67,9 @@ def _encode(ctx: StepContext, images: list[Array], which: list[int] | None = Non
     checkpointed pass per view with ``remat``. ``which``: the views' indices among all enabled
     views (a part of the step, see :func:`train_step`); each view keeps its own VAE key."""
     models, key = ctx.models, ctx.keys["vae"]
-    encode = maybe_remat(lambda p, x, k: vae_lib.encode_latents(models.vae, p, x, k),
-                         ctx.config.remat)
+    # with remat, one image at a time too (a 512 px image's encoder backward is ~2.5 GiB)
+    encode = maybe_remat(lambda p, x, k: vae_lib.encode_latents(
+        models.vae, p, x, k, one_at_a_time=bool(ctx.config.remat)), ctx.config.remat)
     if ctx.config.remat or which is not None:
         ks = jax.random.split(key, len(enabled_views(ctx.config)))
         which = range(len(images)) if which is None else which
@@ -236,18 +237,25 @@ def train_step(state: TrainState, frozen: Params, *, models: Any, config: Any,
     optimizer and term states stay as they were (the step counter and so the PRNG stream move
     on) and the metric ``skipped`` is 1."""
     keys = step_keys(state, config)
-    grad_fn = functools.partial(jax.grad(loss_and_aux, has_aux=True), state=state,
-                                frozen=frozen, keys=keys, models=models, config=config,
-                                mesh=mesh, perceptual_fn=perceptual_fn)
+    grad_fn = functools.partial(jax.grad(loss_and_aux, has_aux=True), models=models,
+                                config=config, mesh=mesh, perceptual_fn=perceptual_fn)
     parts = backward_parts(config)
     if not config.split_backward or len(parts) < 2:
-        grads, aux = grad_fn(state.params)
+        grads, aux = grad_fn(state.params, state=state, frozen=frozen, keys=keys)
     else:  # one backward pass per view, in sequence: only one view's activations are live
         grads, aux, trainable = None, {"terms": {}, "term_state": {}}, state.params
+        inputs = (state, frozen, {k: jax.random.key_data(v) for k, v in keys.items()})
         for part in parts:
-            if grads is not None:  # the next view's forward starts once this sum exists
-                trainable, grads = jax.lax.optimization_barrier((trainable, grads))
-            g, a = grad_fn(trainable, part=part)
+            st, fz, kd = inputs
+            if grads is not None:
+                # Everything the next view computes, even from frozen weights and keys alone
+                # (frozen renders, noise), starts once this sum exists: otherwise XLA may
+                # schedule it early and keep it live through the previous view's backward.
+                trainable, grads, st, fz, kd = jax.lax.optimization_barrier(
+                    (trainable, grads, st, fz, kd))
+            g, a = grad_fn(trainable, state=st, frozen=fz,
+                           keys={k: jax.random.wrap_key_data(v) for k, v in kd.items()},
+                           part=part)
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
             aux = {**aux, **a, "terms": {**aux["terms"], **a["terms"]},
                    "term_state": {**aux["term_state"], **a["term_state"]}}
