@@ -49,16 +49,18 @@ def _sample_one(vol: jax.Array, xyz: jax.Array) -> jax.Array:
 
 @jax.custom_vjp
 def _gather_weighted(flat: jax.Array, idx: jax.Array, wgt: jax.Array) -> jax.Array:
-    """``sum_k wgt[k, :, None] * flat[idx[k]]``: flat ``[V, C]``, idx / wgt ``[K, M]`` ->
-    ``[M, C]``.
+    """``sum_k wgt[k, :, None] * flat[idx[k]]``: flat ``[V, C]``, idx (in range) / wgt
+    ``[K, M]`` -> ``[M, C]``.
 
-    Its own VJP: the table's cotangent is one buffer that every corner scatter-adds into in
-    turn (autodiff of the sum makes a zero table per corner, which XLA allocates early and
-    keeps: 8 volume-sized buffers per call in the training step's backward pass)."""
-    out = wgt[0, :, None] * jnp.take(flat, idx[0], axis=0)
-    for k in range(1, idx.shape[0]):
-        out = out + wgt[k, :, None] * jnp.take(flat, idx[k], axis=0)
-    return out
+    The corners are accumulated in a loop, so one ``[M, C]`` product is live at a time (a
+    plain sum materialises all K), and the VJP scatter-adds every corner into one table
+    cotangent, created only when the output's cotangent exists (autodiff of the sum made K
+    zero tables, which XLA allocated at the start of the training step and kept)."""
+    def corner(k, out):
+        return out + wgt[k, :, None] * flat.at[idx[k]].get(mode="promise_in_bounds")
+
+    first = wgt[0, :, None] * flat.at[idx[0]].get(mode="promise_in_bounds")
+    return jax.lax.fori_loop(1, idx.shape[0], corner, first)
 
 
 def _gather_weighted_fwd(flat, idx, wgt):
@@ -67,12 +69,15 @@ def _gather_weighted_fwd(flat, idx, wgt):
 
 def _gather_weighted_bwd(res, g):
     flat, idx, wgt = res
-    d_flat = jnp.zeros_like(flat)
-    for k in range(idx.shape[0]):
-        d_flat = d_flat.at[idx[k]].add(wgt[k, :, None] * g)
+    d_flat, g = jax.lax.optimization_barrier((jnp.zeros_like(flat), g))
+
+    def corner(k, d):
+        return d.at[idx[k]].add(wgt[k, :, None] * g, mode="promise_in_bounds")
+
+    d_flat = jax.lax.fori_loop(0, idx.shape[0], corner, d_flat)
     # only computed where the sample positions carry a gradient (dead code otherwise)
-    d_wgt = jnp.stack([jnp.sum(jnp.take(flat, idx[k], axis=0) * g, axis=-1)
-                       for k in range(idx.shape[0])])
+    d_wgt = jnp.stack([jnp.sum(flat.at[idx[k]].get(mode="promise_in_bounds") * g,
+                               axis=-1) for k in range(idx.shape[0])])
     return d_flat, np.zeros(idx.shape, jax.dtypes.float0), d_wgt
 
 
