@@ -245,8 +245,8 @@ def _notes(methods: Mapping[str, Mapping[str, Any]], status: Mapping[str, dict[s
     for name, ov in methods.items():
         s = status[name]
         spec = "; ".join(f"{k}={v!r}" for k, v in ov.items()) or "(the training config)"
-        run = (f"failed: {s['error']}" if s["status"] == "failed" else
-               f"{s['status']} ({s['seconds']:.0f} s)")
+        run = {"failed": f"failed: {s.get('error')}", "reused": "finished earlier, reused",
+               }.get(s["status"], f"{s['status']} ({s['seconds']:.0f} s)")
         lines.append(f"| {name} | `{spec}` | {run.replace('|', '/')} |")
     return "\n".join(lines)
 
