@@ -374,7 +374,7 @@ def test_zoo_is_selectable_and_tunable_from_the_command_line():
                       "--config.view_prompts=True"])
     c = validate_config(c[0] if isinstance(c, tuple) else c)
     assert losses.objective_kwargs(c.objective, c.objective_kw, c.guidance_scale) == {
-        "guidance_scale": 7.5, "weighting": "uniform"}
+        "guidance_scale": 1.0, "weighting": "uniform"}  # csd registers its own s = 1
     assert _ctx(c).t_range(c.single) == (0.1, 0.5)
     assert c.terms.relative_distance.weight == 0.5 and c.blend.weight == 0.3
     assert set(prompts.prompt_texts(c)) == {"cond", "neg", "cond_views", "blend",
