@@ -198,7 +198,10 @@ def missing_weights(config, cfgs: Mapping[str, Any]) -> list[str]:
                 need.setdefault(m, []).append(name)
     out = [m if len(ns) == len(cfgs) else f"{m}\n    (for the methods {', '.join(ns)})"
            for m, ns in need.items()]
-    out += assets.missing_weights(eval_config(config, {}))
+    for m in assets.missing_weights(eval_config(config, {})):
+        if not (m.startswith(f"generator {REFERENCE!r}")  # listed by the training already
+                and any(x.startswith("PanoHead generator") for x in out)):
+            out.append(m)
     return out
 
 

@@ -13,7 +13,7 @@ from train_testlib import override
 from configs import compare as compare_config
 from configs import compare_demo
 from jaxhead import compare, losses
-from jaxhead.errors import DataError, UsageError
+from jaxhead.errors import DataError, MissingWeightsError, UsageError
 from jaxhead.evaluation import assets
 
 
@@ -56,7 +56,7 @@ def test_method_list_errors_name_the_problem():
         compare.validate(c)
 
 
-def test_compare_config_has_a_valid_row_per_registered_objective():
+def test_compare_config_has_a_valid_row_per_registered_objective(tmp_path):
     """configs/compare.py: the paper's rows and every registered objective, each a valid
     training config with the fixed budget and its own workdir, in the order written."""
     c = compare_config.get_config()
@@ -69,6 +69,16 @@ def test_compare_config_has_a_valid_row_per_registered_objective():
     assert {cfgs[n].steps for n in cfgs} == {c.steps}
     assert {cfgs[n].seed for n in cfgs} == {c.train.seed}
     assert len({cfgs[n].workdir for n in cfgs}) == len(cfgs)
+    # missing weights: every piece once, before anything is trained
+    c.train.models.generator = c.train.models.sd = str(tmp_path / "none")
+    _, cfgs = compare.validate(c)
+    missing = compare.missing_weights(c, cfgs)
+    assert sum("PanoHead generator" in m for m in missing) == 1
+    assert any("terms.nada" in m and "(for the methods nada)" in m for m in missing)
+    trainer = StandInTrainer()
+    with pytest.raises(MissingWeightsError, match="missing inputs of the comparison"):
+        compare.compare(c, train_fn=trainer, verbose=False)
+    assert trainer.calls == []
 
 
 # --- the whole command with a stand-in trainer ---------------------------------------------
