@@ -55,8 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.methods = ml_collections.ConfigDict(dict(METHODS))
     c.only = ""  # comma-separated subset of methods to run (and report), in this order
     # the evaluation (configs/eval.py): identities, views, SD edits, metrics, networks; its
-    # generators, reference, prompt and workdir are set by the comparison; sd "" = the
-    # training teacher's checkpoint (train.models.sd)
+    # generators, reference, prompt, truncation, conditioning camera and workdir are set by
+    # the comparison (from train); sd "" = the training teacher's checkpoint (train.models.sd)
     c.eval = eval_base.get_config()
     c.eval.sd = ""
     c.compilation_cache = "auto"  # compiled XLA programs kept across runs ("" turns it off)

@@ -160,14 +160,15 @@ def validate(config) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     methods = parse_methods(config.methods, config.only)
     out = Path(config.workdir)
     cfgs = {n: method_config(t, n, ov, config.steps, out / n) for n, ov in methods.items()}
-    eval_config(config, {n: str(out / n / "generator") for n in cfgs}, validate_only=True)
+    eval_config(config, {n: str(out / n / "generator") for n in cfgs})
     return methods, cfgs
 
 
-def eval_config(config, generators: Mapping[str, str], *, validate_only: bool = False):
+def eval_config(config, generators: Mapping[str, str]):
     """``config.eval`` with the frozen generator and ``generators`` as its generators, the
-    training prompt, the teacher's SD checkpoint (unless ``eval.sd`` is set) and
-    ``<workdir>/report`` as its workdir (validated)."""
+    training prompt, truncation and conditioning camera (seeded identities are mapped as in
+    training), the teacher's SD checkpoint (unless ``eval.sd`` is set) and
+    ``<workdir>/report`` as its workdir (validated, frozen)."""
     from jaxhead.evaluation import assets
 
     e = copy.deepcopy(config.eval)
@@ -177,6 +178,8 @@ def eval_config(config, generators: Mapping[str, str], *, validate_only: bool = 
     e.reference = REFERENCE
     e.prompt = t.prompt
     e.negative_prompt = t.negative_prompt
+    e.truncation_psi, e.truncation_cutoff = t.truncation_psi, t.truncation_cutoff
+    e.cond_yaw, e.cond_pitch = t.cond_yaw, t.cond_pitch
     e.sd = e.sd or t.models.sd
     e.workdir = str(Path(config.workdir) / REPORT_DIR)
     try:

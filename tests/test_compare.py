@@ -197,3 +197,26 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(DataError, match="every method failed"):
         compare.compare(_config(tmp_path), verbose=False,
                         train_fn=StandInTrainer(fail={"weak", "strong", "broken"}))
+
+
+@pytest.mark.heavy  # two demo train steps compiled: ~5 minutes on 2 cores (run with -m heavy)
+def test_real_trainer_two_methods_one_step(tmp_path, capsys):
+    """The real trainer behind the comparison: ``ld`` and ``sds`` one grid step each on the
+    demo models (the tests' micro config), one report whose rows differ, a rerun that trains
+    nothing."""
+    from train_testlib import micro_config
+
+    c = _config(tmp_path, steps=1)
+    c.train = micro_config(checkpoint_every=1)
+    c.methods = {"ld": "", "sds": "objective=sds"}
+    res = compare.compare(c, verbose=False)
+    assert [s["status"] for s in res["methods"].values()] == ["trained", "trained"]
+    r = res["evaluation"]["results"]
+    assert list(r) == ["frozen", "ld", "sds"]
+    for name in ("ld", "sds"):
+        assert json.loads((tmp_path / "cmp" / name / "metrics.jsonl").read_text()
+                          .splitlines()[-1])["step"] == 1
+        assert all(math.isfinite(v["value"]) for v in r[name].values())
+    assert r["ld"]["depth"]["value"] != r["sds"]["depth"]["value"]
+    res = compare.compare(c, train_fn=StandInTrainer(fail={"ld", "sds"}), verbose=False)
+    assert [s["status"] for s in res["methods"].values()] == ["reused", "reused"]
