@@ -199,7 +199,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                         train_fn=StandInTrainer(fail={"weak", "strong", "broken"}))
 
 
-@pytest.mark.heavy  # two demo train steps compiled: ~5 minutes on 2 cores (run with -m heavy)
+@pytest.mark.heavy  # two demo train steps compiled: 6.5 min at load 10 (185 s CPU); -m heavy
 def test_real_trainer_two_methods_one_step(tmp_path, capsys):
     """The real trainer behind the comparison: ``ld`` and ``sds`` one grid step each on the
     demo models (the tests' micro config), one report whose rows differ, a rerun that trains
