@@ -47,11 +47,12 @@ def _prompt_embedding(nets: dict[str, Any], prompt: str) -> np.ndarray | None:
     return np.asarray(text_embeds(params, jnp.asarray(ids)))[0]
 
 
-def evaluate(config, *, verbose: bool = True) -> dict[str, Any]:
+def evaluate(config, *, verbose: bool = True, notes: str = "") -> dict[str, Any]:
     """Run the protocol of ``config`` (see ``configs/eval.py``); returns ``{"results":
     {generator: {metric: {...}}}, "info": {...}, "paths": [...]}``. Missing weights are
     reported (``MissingWeightsError``, every piece with its convert command) before any
-    compute."""
+    compute. ``notes`` (markdown) is appended to ``report.md`` (``jaxhead.compare``: the
+    methods and their runs)."""
     from jaxhead.render import check_writable
 
     config = assets.validate(config)
@@ -110,7 +111,8 @@ def evaluate(config, *, verbose: bool = True) -> dict[str, Any]:
             "metrics": list(config.metrics), "backend": jax.default_backend(),
             "seconds": {k: round(v, 2) for k, v in seconds.items()}}  # this run (cache hits)
     paths = report.write_report(workdir, results=results, info=info,
-                                reference=config.reference, metrics=config.metrics)
+                                reference=config.reference, metrics=config.metrics,
+                                notes=notes)
     k = min(config.sheet_identities, n)
     if k:
         yaws = list(config.views.yaw)

@@ -59,6 +59,41 @@ def test_nfsd_switches_the_domain_term_by_timestep():
     assert not np.allclose(np.asarray(g_sw)[1], g[1])  # the band is what selects the term
 
 
+def test_csd_and_nfsd_registry_defaults_follow_their_sources():
+    """CSD as its official Stable Diffusion config runs it: coefficient 1 on eps_c - eps_u
+    (whatever the teacher's CFG scale), w = 1 - abar, timesteps within U(0.02, 0.5) of 1000
+    (DDIM steps 25..48 of 50: t 481..21). NFSD as its paper: s = 7.5, eps_u below t = 200,
+    eps_u - eps_neg from t = 200 on, the paper's negative prompt."""
+    from jaxhead.diffusion import NoiseSchedule
+    from jaxhead.training.sampling import sample_step_index
+
+    assert losses.objective_kwargs("csd", {}, 7.5) == {"guidance_scale": 1.0}
+    lo, hi = losses.objective_t_range("csd", {})
+    sched = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "steps_offset": 1,
+                                       "beta_start": 0.00085, "beta_end": 0.012})
+    ts = np.asarray(sched.timesteps(50))
+    idx = np.asarray(sample_step_index(jax.random.key(0), (4000,), (lo, hi), 50))
+    drawn = set(ts[idx].tolist())
+    assert min(drawn) == 21 and max(drawn) == 481 and len(drawn) == 24
+    eu, ec = _rand(0), _rand(1)
+    ab = jnp.array([0.3, 0.8])
+    g = losses.csd_grad(eu, ec, alpha_bar=ab, **losses.objective_kwargs("csd", {}, 7.5))
+    np.testing.assert_allclose(np.asarray(g), (1 - np.asarray(ab))[:, None, None, None]
+                               * np.asarray(ec - eu), rtol=1e-6)
+
+    kw = losses.objective_kwargs("nfsd", {}, 100.0)  # the teacher's CFG does not leak in
+    assert kw["guidance_scale"] == 7.5 and kw.get("t_switch", 200) == 200
+    assert losses.NFSD_NEGATIVE == ("unrealistic, blurry, low quality, out of focus, ugly, "
+                                     "low contrast, dull, dark, low-resolution, gloomy")
+    en = _rand(3)
+    t = jnp.array([199, 200])  # the band's edge: t < 200 is the low band
+    g = np.asarray(losses.nfsd_grad(eu, ec, alpha_bar=jnp.zeros(2), timestep=t,
+                                    eps_prompts={"negative_quality_prompt": en}, **kw))
+    eu_, ec_, en_ = map(np.asarray, (eu, ec, en))
+    np.testing.assert_allclose(g[0], eu_[0] + 7.5 * (ec_[0] - eu_[0]), rtol=1e-5)
+    np.testing.assert_allclose(g[1], eu_[1] - en_[1] + 7.5 * (ec_[1] - eu_[1]), rtol=1e-5)
+
+
 def test_registry_defaults_and_t_range_hook():
     kw = losses.objective_kwargs("sds_dreamfusion", {}, 7.5)
     assert kw == {"guidance_scale": 100.0, "form": "standard"}
@@ -339,7 +374,7 @@ def test_zoo_is_selectable_and_tunable_from_the_command_line():
                       "--config.view_prompts=True"])
     c = validate_config(c[0] if isinstance(c, tuple) else c)
     assert losses.objective_kwargs(c.objective, c.objective_kw, c.guidance_scale) == {
-        "guidance_scale": 7.5, "weighting": "uniform"}
+        "guidance_scale": 1.0, "weighting": "uniform"}  # csd registers its own s = 1
     assert _ctx(c).t_range(c.single) == (0.1, 0.5)
     assert c.terms.relative_distance.weight == 0.5 and c.blend.weight == 0.3
     assert set(prompts.prompt_texts(c)) == {"cond", "neg", "cond_views", "blend",

@@ -63,8 +63,9 @@ def markdown_table(results: dict[str, dict[str, Any]], metrics: Sequence[str],
 
 
 def write_report(workdir: Path, *, results: dict[str, dict[str, Any]], info: dict[str, Any],
-                 reference: str, metrics: Sequence[str]) -> list[Path]:
-    """metrics.json, report.md and metrics.png in ``workdir``."""
+                 reference: str, metrics: Sequence[str], notes: str = "") -> list[Path]:
+    """metrics.json, report.md and metrics.png in ``workdir``; ``notes`` (markdown) ends
+    report.md."""
     workdir.mkdir(parents=True, exist_ok=True)
     payload = {**info, "reference": reference, "generators": results}
     write_text_atomic(workdir / "metrics.json", json.dumps(payload, indent=1, default=float))
@@ -88,7 +89,7 @@ def write_report(workdir: Path, *, results: dict[str, dict[str, Any]], info: dic
         "",
         "![metrics](metrics.png)",
         "",
-    ]
+    ] + ([notes, ""] if notes else [])
     write_text_atomic(workdir / "report.md", "\n".join(text))
     chart = bar_chart(results, [m for m in COLUMNS if m in metrics], reference)
     _save_png(chart, workdir / "metrics.png")

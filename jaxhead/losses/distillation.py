@@ -130,9 +130,18 @@ def sds_weight(alpha_bar: Array, weighting: str) -> Array:
 def csd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
              guidance_scale: float | Array = 7.5, weighting: str = "sds",
              noise: Array | None = None, score_transform: ScoreTransform | None = None) -> Array:
-    """Classifier score distillation (Yu et al. 2023, arXiv 2310.19415): the guidance
-    term alone, ``dL/dz = w(t) T(s (eps_c - eps_u))``, ``w = 1 - abar`` by default (no injected
-    noise, no unconditional term). ``noise`` is unused.
+    """Classifier score distillation (Yu et al. 2023, arXiv 2310.19415, Eq. 7): the guidance
+    term alone, ``dL/dz = w(t) T(s (eps_c - eps_u))`` (no injected noise, no unconditional
+    term; ``noise`` is unused), ``w = 1 - abar`` by default.
+
+    Checked against the official code (CVMI-Lab/Classifier-Score-Distillation,
+    ``stable_diffusion_triple_guidance.py`` with ``configs/csd-sd-refine.yaml``): its gradient
+    is ``(1 - abar_t)(eps(y) - w_n eps(y_neg) - (1 - w_n) eps(empty))`` with coefficient 1
+    on ``eps(y)`` (the paper: the scale only rescales the learning rate), no noise term, and
+    ``t ~ U(0.02, 0.5)`` of the 1000 timesteps; the registry uses ``s = 1`` and that range.
+    Its negative-prompt weight ``w_n`` (annealed 1 -> 0.5 there) is not modelled: ``eps_u`` is
+    the prediction for ``config.negative_prompt`` (``""`` by default: ``eps(empty)``), i.e.
+    ``w_n = 1``.
     """
     del noise
     t = score_transform or _identity
@@ -149,7 +158,7 @@ def nfsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
               timestep: Array, eps_prompts: dict[str, Array], guidance_scale: float | Array = 7.5,
               t_switch: int = 200, weighting: str = "sds", noise: Array | None = None,
               score_transform: ScoreTransform | None = None) -> Array:
-    """Noise-free score distillation (Katzir et al., ICLR 2024, arXiv 2310.17590):
+    """Noise-free score distillation (Katzir et al., ICLR 2024, arXiv 2310.17590, Eq. 8):
     ``dL/dz = w(t) T(delta_D + s delta_C)`` with the condition direction
     ``delta_C = eps_c - eps_u`` and the in-domain direction ``delta_D = eps_u`` for
     ``t < t_switch`` (200 of 1000: little noise left, ``eps_u`` is the domain correction) and
@@ -157,6 +166,13 @@ def nfsd_grad(eps_uncond: Array, eps_cond: Array, *, alpha_bar: float | Array,
     prompt ``eps_prompts["negative_quality_prompt"]`` (:data:`NFSD_NEGATIVE`). The injected
     noise is never subtracted (``noise`` unused). ``timestep`` ``[B]``: the diffusion timestep
     of each row (0..999).
+
+    Checked against the paper (no official code is public): ``delta_C = eps(y) - eps(empty)``,
+    ``delta_D = eps(empty)`` if ``t < 200`` else ``eps(empty) - eps(p_neg)``, nominal CFG
+    ``s = 7.5`` and the negative prompt above. ``eps_u`` is the prediction for
+    ``config.negative_prompt``, which must stay ``""`` (the default) for the paper's
+    ``eps(empty)``. ``w(t)`` and the timestep range are not given there; threestudio's SDS
+    defaults (``1 - abar``, ``t ~ U(0.02, 0.98)``) are used.
     """
     del noise
     tr = score_transform or _identity

@@ -183,7 +183,14 @@ register_objective("bsd", bsd_grad)
 # DreamFusion (Poole et al. 2022): w(t) (eps_cfg - eps), w = 1 - abar, CFG 100, t ~ U(0.02, 0.98)
 register_objective("sds_dreamfusion", sds_grad, form="standard", guidance_scale=100.0,
                    t_range=(0.02, 0.98), alpha_index="timestep")
-register_objective("csd", csd_grad, t_range=(0.02, 0.98), alpha_index="timestep")
+# CSD (Yu et al. 2023; official code CVMI-Lab/Classifier-Score-Distillation, its Stable
+# Diffusion config csd-sd-refine.yaml): grad = (1 - abar) (eps_c - eps_u), guidance coefficient
+# 1 (cond_scale 1), t ~ U(0.02, 0.5) of the 1000 timesteps = fraction (0.5, 0.98) of the DDIM
+# steps here (timesteps 481..21)
+register_objective("csd", csd_grad, guidance_scale=1.0, t_range=(0.5, 0.98),
+                   alpha_index="timestep")
+# NFSD (Katzir et al., ICLR 2024): s = 7.5, t_switch 200, its negative prompt (the paper);
+# w(t) and the t range are not stated there: threestudio's SDS defaults (1 - abar, U(0.02, 0.98))
 register_objective("nfsd", nfsd_grad, guidance_scale=7.5, t_range=(0.02, 0.98),
                    alpha_index="timestep", prompts={"negative_quality_prompt": NFSD_NEGATIVE})
 # Style Aligned Sampling (Jiang et al., "Fast 3D Stylized Gaussian Portrait Generation From a
