@@ -113,9 +113,16 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
     print(f"w statistics from {cfg.w_avg_samples} samples ...", file=sys.stderr)
     stats = proj.w_stats()
     views = make_camera(jnp.array(COMPARE_YAWS), jnp.zeros(len(COMPARE_YAWS)))
+    # one compiled render (the target camera + the turned views) serves the compare image and
+    # the reported MSE / LPIPS (of its first view), for the projected and the tuned generator
     render = jax.jit(lambda p, w, c: proj.render(p, w, c, jax.random.key(0)))
-    measure = jax.jit(lambda p, lp, w, tgt: proj.image_losses(
-        proj.render(p, w, tgt.c, jax.random.key(0)), tgt, lp))
+    losses = jax.jit(proj.image_losses)
+
+    def views_and_losses(p, w1, one: Targets) -> tuple[np.ndarray, float, float]:
+        cams = jnp.concatenate([one.c, views])
+        shown = render(p, jnp.repeat(w1, len(cams), 0), cams)
+        m, q = losses(shown[:1], one, lpips_params)
+        return np.asarray(shown), float(np.asarray(m)[0]), float(np.asarray(q)[0])
     key = jax.random.key(args.seed)
     for g0 in range(0, len(targets), args.batch):
         group = targets[g0:g0 + args.batch]
@@ -136,8 +143,6 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
                     bar.set_postfix({k: f"{float(jnp.mean(v)):.4f}" for k, v in terms.items()})
                 bar.update()
         w = state.w_opt
-        mse, perc = (np.asarray(x) for x in measure(params, lpips_params, w, tgt))
-        result = {"mse": mse, "lpips": perc}
         tuned = None
         if args.pti_steps:
             pti = _place(proj.pti_init(args.batch), mesh, args.batch)
@@ -154,18 +159,16 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
         seconds = (time.perf_counter() - t0) / real
         for j, t in enumerate(group[:real]):
             p = params if tuned is None else proj.tuned_params(tuned, j)
-            w1 = w[j:j + 1]
+            w1 = jnp.asarray(np.asarray(w[j:j + 1]))
+            one = Targets(*(jnp.asarray(np.asarray(x[j:j + 1])) for x in tgt))
+            shown, mse, perc = views_and_losses(params, w1, one)
             if tuned is not None:
-                one = Targets(tgt.images[j:j + 1], tgt.features[j:j + 1], tgt.c[j:j + 1])
-                m, q = (float(np.asarray(x)[0]) for x in measure(p, lpips_params, w1, one))
-            # the reconstruction at the target camera and the turned views: one render call
-            cams_j = jnp.concatenate([jnp.asarray(np.asarray(tgt.c[j:j + 1])), views])
-            shown = np.asarray(render(p, jnp.repeat(w1, len(cams_j), 0), cams_j))
+                shown, m, q = views_and_losses(p, w1, one)
             tiles = [to_uint8(np.asarray(images[j]))] + [to_uint8(x) for x in shown]
             files = outputs(out, t.stem, tuned is not None)
             info = {"image": t.name, "steps": args.steps, "seconds": round(seconds, 2),
-                    "mse": float(result["mse"][j]), "lpips": float(result["lpips"][j]),
-                    "psnr": float(psnr(result["mse"][j])), "perceptual": args.perceptual,
+                    "mse": mse, "lpips": perc, "psnr": float(psnr(np.float32(mse))),
+                    "perceptual": args.perceptual,
                     "camera": [float(v) for v in t.camera],
                     "camera_corrected": [float(v) for v in np.asarray(tgt.c[j])],
                     "ray_start": proj.G.config.ray_start}

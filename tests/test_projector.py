@@ -189,15 +189,17 @@ def test_round_trip_reaches_the_target(round_trip):
     assert l1 <= 0.015 and l1 <= l0 / 3, (l0, l1)
 
 
-CHUNK_BATCH = 4
+CHUNK_BATCH = 8
 
 
 @pytest.fixture(scope="module")
 def chunk_runs(tiny, proj, stats):
-    """Two projection steps of 4 identities (distinct cameras and targets) with stochastic ray
-    sampling, the background network and the neural rendering (32 px): all at once, in
-    chunks of 2, in chunks of 1 split over 2 devices, and all at once from another key.
-    Returns per run ``(w, Adam first moment, Adam second moment, loss terms of step 2)``."""
+    """Two projection steps of 8 identities (distinct cameras and targets) with stochastic ray
+    sampling, the background network and the neural rendering (32 px): all at once, split over
+    2 devices with each device's 4 identities in 2 chunks of 2 (so identities are regrouped
+    within chunks, across chunks and across devices; without a mesh the same chunked function
+    runs on one device), and all at once from another key (no new compile). Returns per run
+    ``(w, Adam first moment, Adam second moment, loss terms of step 2)``."""
     G, params = tiny
     cfg = dataclasses.replace(proj.cfg, deterministic=False, render_output="image_raw",
                               perceptual_size=32)
@@ -216,7 +218,7 @@ def chunk_runs(tiny, proj, stats):
         adam = state.adam
         return tuple(np.asarray(x) for x in (state.w_opt, adam.mu, adam.nu, terms["loss"]))
 
-    return {"all": run(None), "2": run(2), "1 on 2 devices": run(1, mesh),
+    return {"all": run(None), "2 on 2 devices": run(2, mesh),
             "other key": run(None, seed=6), "w_avg": np.asarray(stats.w_avg)}
 
 
@@ -226,21 +228,24 @@ def _rel(a, b):
 
 @pytest.mark.slow
 def test_chunked_projection_equals_unchunked(chunk_runs):
-    """Chunking identities (lax.map, optionally shard_map over devices) is exact: after 2 steps
-    the per-identity loss terms and Adam's moments (the two steps' gradients: step 0 has lr 0,
-    so both gradients are taken at w_avg + noise) agree to fp32 round-off. Measured: losses
-    <= 7e-7 relative, moments <= 2e-4 of their scale (the fp32 gradient of this fixture is
-    itself 3e-4 of its scale from a float64 evaluation, see test_gradient_matches_official);
-    another key moves them by 0.27 and > 1. So a chunking that mixed identities' w-noise,
-    render keys or cameras fails. w itself is not compared tightly: Adam's first real update
-    is ~ sign(g) elementwise, so where a gradient entry is near 0 the round-off flips it (w
-    differs by up to 3e-3 against 0.2 for another key)."""
+    """Chunking identities (lax.map under shard_map over devices) is exact: after 2 steps the
+    per-identity loss terms and Adam's moments (the two steps' gradients: step 0 has lr 0, so
+    both gradients are taken at the same w_avg + noise) agree to fp32 round-off, while another
+    key moves them by > 0.1 relative (losses) and > 0.5 of their scale (moments), so a chunking
+    that mixed identities' w-noise, render keys or cameras fails. The moments' round-off is
+    large for fp32 (measured 4e-3 of their scale at batch 8, 2e-4 at batch 4): the importance
+    samples are a step function of the coarse weights (an inverse-CDF search), so round-off can
+    move one, and the fp32 gradient here is already 3e-4 of its scale from a float64 one (see
+    test_gradient_matches_official). w is only compared loosely for the same reason, amplified:
+    Adam's first real update is ~ sign(g) per entry."""
     w_all, mu_all, nu_all, loss_all = chunk_runs["all"]
-    for name in ("2", "1 on 2 devices"):
-        w, mu, nu, loss = chunk_runs[name]
-        np.testing.assert_allclose(loss, loss_all, rtol=1e-5, err_msg=name)
-        assert _rel(mu, mu_all) <= 1e-3 and _rel(nu, nu_all) <= 1e-3, name
-        assert _rel(w, w_all) <= 0.1 * _rel(chunk_runs["other key"][0], w_all), name
-    _, mu, nu, loss = chunk_runs["other key"]
-    assert np.abs(loss / loss_all - 1).max() > 0.1  # the keys are not ignored
-    assert _rel(mu, mu_all) > 0.5 and _rel(nu, nu_all) > 0.5
+    w_key, mu_key, nu_key, loss_key = chunk_runs["other key"]
+    w, mu, nu, loss = chunk_runs["2 on 2 devices"]
+    errs = {"loss": float(np.abs(loss / loss_all - 1).max()), "mu": _rel(mu, mu_all),
+            "nu": _rel(nu, nu_all), "w": _rel(w, w_all)}
+    key = {"loss": float(np.abs(loss_key / loss_all - 1).max()), "mu": _rel(mu_key, mu_all),
+           "nu": _rel(nu_key, nu_all), "w": _rel(w_key, w_all)}
+    print(f"chunked vs all: {errs}; other key vs all: {key}")
+    assert errs["loss"] <= 1e-5 and errs["mu"] <= 1e-2 and errs["nu"] <= 1e-2, errs
+    assert errs["w"] <= 0.1 * key["w"], (errs, key)
+    assert key["loss"] > 0.1 and key["mu"] > 0.5 and key["nu"] > 0.5, key  # keys matter
