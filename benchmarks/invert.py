@@ -2,9 +2,12 @@
 PanoHead configuration with random weights and the full LPIPS-VGG16 (timing does not depend
 on the values).
 
-    python -m benchmarks.invert [--batches 1,8] [--modes project,pti] [--compile-only]
+    python -m benchmarks.invert [--batches 1,8] [--modes project,pti] [--chunks all,1]
+                                [--compile-only]
 
-Each row runs in a fresh subprocess (peak RSS belongs to it alone). Columns: compile = lower +
+``--chunks``: the projection step with all identities at once (``all``) and/or ``K`` at a time
+(``Projector.step(chunk=K)``; PTI rows always run one identity after the other). Each row runs
+in a fresh subprocess (peak RSS belongs to it alone). Columns: compile = lower +
 compile (s); s/step = median of --repeats steps after a warm-up; XLA args / temp = the compiled
 step's argument (generator + LPIPS weights, state, targets) and temporary buffer bytes (its
 memory plan, known without running); peak = process max RSS on CPU, device peak bytes in use
@@ -15,6 +18,7 @@ without running (for batches that do not fit the machine).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -31,7 +35,8 @@ from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 from jaxhead.projector import Projector, ProjectorConfig, Stats
 
 
-def measure(mode: str, batch: int, repeats: int, compile_only: bool) -> dict:
+def measure(mode: str, batch: int, chunk: int | None, repeats: int, compile_only: bool
+            ) -> dict:
     G = PanoHead(PanoHeadConfig())
     params = jax.jit(lambda k: G.init(k, t_mapping=True))(jax.random.key(0))
     proj = Projector(G, params, random_params(jax.random.key(1)), ProjectorConfig())
@@ -44,7 +49,7 @@ def measure(mode: str, batch: int, repeats: int, compile_only: bool) -> dict:
     t_targets = time.perf_counter() - t0
     if mode == "project":
         state = proj.init(stats, batch)
-        fn = jax.jit(proj._step, donate_argnums=2)
+        fn = jax.jit(functools.partial(proj._step, chunk=chunk), donate_argnums=2)
         args = (params, proj.lpips_params, state, tgt, stats, jax.random.key(3))
     else:
         state = proj.pti_init(batch)
@@ -55,7 +60,8 @@ def measure(mode: str, batch: int, repeats: int, compile_only: bool) -> dict:
     compiled = fn.lower(*args).compile()
     t_compile = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    row = {"mode": mode, "batch": batch, "compile_s": t_compile, "targets_s": t_targets,
+    row = {"mode": mode, "batch": batch, "chunk": chunk, "compile_s": t_compile,
+           "targets_s": t_targets,
            "xla_args_bytes": getattr(mem, "argument_size_in_bytes", None),
            "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
            "device": jax.devices()[0].device_kind, "time_s": None}
@@ -83,31 +89,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--modes", default="project,pti")
+    ap.add_argument("--chunks", default="all", help="projection: 'all' and/or chunk sizes")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # worker: mode,batch
     a = ap.parse_args(argv)
     if a.row:
-        mode, batch = a.row.split(",")
-        print(json.dumps(measure(mode, int(batch), a.repeats, a.compile_only)))
+        mode, batch, chunk = a.row.split(",")
+        chunk = None if chunk == "all" else int(chunk)
+        print(json.dumps(measure(mode, int(batch), chunk, a.repeats, a.compile_only)))
         return 0
     gib = 2.0 ** 30
-    print("| mode | batch | compile s | s / step | XLA args GiB | XLA temp GiB | peak GiB |")
-    print("|---|---|---|---|---|---|---|")
-    for mode in a.modes.split(","):
-        for batch in a.batches.split(","):
-            cmd = [sys.executable, "-m", "benchmarks.invert", "--row", f"{mode},{batch}",
-                   "--repeats", str(a.repeats)] + (["--compile-only"] if a.compile_only else [])
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode != 0:
-                tail = (r.stderr.strip().splitlines() or ["?"])[-1]
-                print(f"| {mode} | {batch} | failed: {tail[:80]} | | | | |")
-                continue
-            row = json.loads(r.stdout.strip().splitlines()[-1])
-            t = "—" if row["time_s"] is None else f"{row['time_s']:.2f}"
-            print(f"| {mode} | {batch} | {row['compile_s']:.1f} | {t} | "
-                  f"{row['xla_args_bytes'] / gib:.2f} | {row['xla_temp_bytes'] / gib:.2f} | "
-                  f"{row['peak_bytes'] / gib:.2f} ({row['peak_kind']}) |", flush=True)
+    print("| mode | batch | chunk | compile s | s / step | XLA args GiB | XLA temp GiB "
+          "| peak GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = [(m, b, c) for m in a.modes.split(",") for b in a.batches.split(",")
+            for c in (a.chunks.split(",") if m == "project" else ["all"])]
+    for mode, batch, chunk in rows:
+        cmd = [sys.executable, "-m", "benchmarks.invert", "--row", f"{mode},{batch},{chunk}",
+               "--repeats", str(a.repeats)] + (["--compile-only"] if a.compile_only else [])
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            tail = (r.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"| {mode} | {batch} | {chunk} | failed: {tail[:80]} | | | | |")
+            continue
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        t = "—" if row["time_s"] is None else f"{row['time_s']:.2f}"
+        print(f"| {mode} | {batch} | {chunk} | {row['compile_s']:.1f} | {t} | "
+              f"{row['xla_args_bytes'] / gib:.2f} | {row['xla_temp_bytes'] / gib:.2f} | "
+              f"{row['peak_bytes'] / gib:.2f} ({row['peak_kind']}) |", flush=True)
     return 0
 
 

@@ -8,7 +8,8 @@ image (camera from ``--yaw`` / ``--pitch``, frontal by default). Per image ``<st
 ``<stem>.json`` (final MSE, LPIPS, PSNR, steps, seconds, cameras), ``<stem>_compare.png``
 (target | reconstruction | reconstruction at +60 / -60 degrees yaw | from the back) and, with
 ``--pti-steps N``, ``<stem>_pti/`` (the tuned generator in ``load_panohead``'s format).
-Identities are processed ``--batch`` at a time (split over the local devices).
+Identities are processed ``--batch`` at a time (split over the local devices); ``--chunk K``
+projects them ``K`` at a time in sequence (same result, memory of ``K`` identities).
 
 Nothing in OUT is overwritten: a stem whose ``.npz`` exists is skipped (so an interrupted run
 resumes); any other leftover output of a stem stops the run with its name.
@@ -88,9 +89,12 @@ def _write_npz(path: Path, w: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _mesh(batch: int) -> Mesh:
+def _mesh(batch: int, chunk: int | None = None) -> Mesh:
+    """The largest set of local devices splitting ``batch`` evenly (into a multiple of
+    ``chunk`` identities per device when chunking)."""
     devices = jax.local_devices()
-    n = max(d for d in range(1, len(devices) + 1) if batch % d == 0)
+    groups = batch // (chunk or 1)
+    n = max(d for d in range(1, len(devices) + 1) if groups % d == 0)
     return Mesh(np.array(devices[:n]), ("data",))
 
 
@@ -105,13 +109,20 @@ def _place(tree, mesh: Mesh, batch: int):
 def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Path) -> None:
     cfg = ProjectorConfig(num_steps=args.steps, ray_start=args.ray_start)
     proj = Projector(G, params, lpips_params, cfg)
-    mesh = _mesh(args.batch)
+    mesh = _mesh(args.batch, args.chunk)
     print(f"w statistics from {cfg.w_avg_samples} samples ...", file=sys.stderr)
     stats = proj.w_stats()
     views = make_camera(jnp.array(COMPARE_YAWS), jnp.zeros(len(COMPARE_YAWS)))
+    # one compiled render (the target camera + the turned views) serves the compare image and
+    # the reported MSE / LPIPS (of its first view), for the projected and the tuned generator
     render = jax.jit(lambda p, w, c: proj.render(p, w, c, jax.random.key(0)))
-    measure = jax.jit(lambda p, lp, w, tgt: proj.image_losses(
-        proj.render(p, w, tgt.c, jax.random.key(0)), tgt, lp))
+    losses = jax.jit(proj.image_losses)
+
+    def views_and_losses(p, w1, one: Targets) -> tuple[np.ndarray, float, float]:
+        cams = jnp.concatenate([one.c, views])
+        shown = render(p, jnp.repeat(w1, len(cams), 0), cams)
+        m, q = losses(shown[:1], one, lpips_params)
+        return np.asarray(shown), float(np.asarray(m)[0]), float(np.asarray(q)[0])
     key = jax.random.key(args.seed)
     for g0 in range(0, len(targets), args.batch):
         group = targets[g0:g0 + args.batch]
@@ -126,13 +137,12 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
         with tqdm(total=args.steps, desc=f"project {names}"[:60], unit="step",
                   dynamic_ncols=True) as bar:
             for i in range(args.steps):
-                state, terms = proj.step(state, tgt, stats, jax.random.fold_in(key, i))
+                state, terms = proj.step(state, tgt, stats, jax.random.fold_in(key, i),
+                                         chunk=args.chunk, mesh=mesh if args.chunk else None)
                 if i % 10 == 0 or i == args.steps - 1:
                     bar.set_postfix({k: f"{float(jnp.mean(v)):.4f}" for k, v in terms.items()})
                 bar.update()
         w = state.w_opt
-        mse, perc = (np.asarray(x) for x in measure(params, lpips_params, w, tgt))
-        result = {"mse": mse, "lpips": perc}
         tuned = None
         if args.pti_steps:
             pti = _place(proj.pti_init(args.batch), mesh, args.batch)
@@ -149,18 +159,16 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
         seconds = (time.perf_counter() - t0) / real
         for j, t in enumerate(group[:real]):
             p = params if tuned is None else proj.tuned_params(tuned, j)
-            w1 = w[j:j + 1]
+            w1 = jnp.asarray(np.asarray(w[j:j + 1]))
+            one = Targets(*(jnp.asarray(np.asarray(x[j:j + 1])) for x in tgt))
+            shown, mse, perc = views_and_losses(params, w1, one)
             if tuned is not None:
-                one = Targets(tgt.images[j:j + 1], tgt.features[j:j + 1], tgt.c[j:j + 1])
-                m, q = (float(np.asarray(x)[0]) for x in measure(p, lpips_params, w1, one))
-            # the reconstruction at the target camera and the turned views: one render call
-            cams_j = jnp.concatenate([jnp.asarray(np.asarray(tgt.c[j:j + 1])), views])
-            shown = np.asarray(render(p, jnp.repeat(w1, len(cams_j), 0), cams_j))
+                shown, m, q = views_and_losses(p, w1, one)
             tiles = [to_uint8(np.asarray(images[j]))] + [to_uint8(x) for x in shown]
             files = outputs(out, t.stem, tuned is not None)
             info = {"image": t.name, "steps": args.steps, "seconds": round(seconds, 2),
-                    "mse": float(result["mse"][j]), "lpips": float(result["lpips"][j]),
-                    "psnr": float(psnr(result["mse"][j])), "perceptual": args.perceptual,
+                    "mse": mse, "lpips": perc, "psnr": float(psnr(np.float32(mse))),
+                    "perceptual": args.perceptual,
                     "camera": [float(v) for v in t.camera],
                     "camera_corrected": [float(v) for v in np.asarray(tgt.c[j])],
                     "ray_start": proj.G.config.ray_start}
@@ -185,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=500, help="projection steps (500)")
     ap.add_argument("--pti-steps", type=int, default=0, help="pivotal tuning steps (0: off)")
     ap.add_argument("--batch", type=int, default=1, help="identities per step (1)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="project this many identities at a time, in sequence (same result, "
+                         "less memory; must divide --batch; default: all at once)")
     ap.add_argument("--yaw", type=float, default=0.0, help="one image's yaw, radians (0)")
     ap.add_argument("--pitch", type=float, default=0.0, help="one image's pitch, radians (0)")
     ap.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="vgg16_nvidia",
@@ -199,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("steps", "batch"):
         if getattr(a, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(a, name)}")
+    if a.chunk is not None and (a.chunk < 1 or a.batch % a.chunk):
+        raise UsageError(f"--chunk must be a divisor of --batch {a.batch}, got {a.chunk}")
     if a.pti_steps < 0:
         raise UsageError(f"--pti-steps must be >= 0, got {a.pti_steps}")
     images = Path(a.images)

@@ -136,15 +136,23 @@ class Projector:
             G = PanoHead(dataclasses.replace(G.config, ray_start=cfg.ray_start))
         self.G, self.params, self.lpips_params, self.cfg = G, params, lpips_params, cfg
         # weights are arguments of the compiled steps (never baked in as constants)
-        self._step_jit = jax.jit(self._step, donate_argnums=2)
+        self._step_jit = jax.jit(self._step, donate_argnums=2, static_argnames=("chunk", "mesh"))
         self._step_noise_jit = jax.jit(self._step_with_noise)
         self._pti_jit = jax.jit(self._pti_step, donate_argnums=2, static_argnames="mesh")
 
-    def step(self, state: ProjState, tgt: Targets, stats: Stats, key: jax.Array
+    def step(self, state: ProjState, tgt: Targets, stats: Stats, key: jax.Array,
+             chunk: int | None = None, mesh: Mesh | None = None
              ) -> tuple[ProjState, dict[str, jax.Array]]:
         """One projection step (jitted; ``state`` is donated); ``key`` draws the w-noise and
-        the ray samples. Returns the new state and the per-identity loss terms."""
-        return self._step_jit(self.params, self.lpips_params, state, tgt, stats, key)
+        the ray samples. Returns the new state and the per-identity loss terms.
+
+        ``chunk=None`` differentiates all identities at once (vmap: fastest where memory
+        allows); ``chunk=k`` does ``k`` at a time in sequence (``lax.map``), which bounds the
+        step's memory by ``k`` identities and gives the same result (each identity's draws come
+        from its own keys). With a ``mesh`` (axis ``data``) the chunked identities are split
+        over its devices first (``shard_map``); the batch per device must divide by ``k``."""
+        return self._step_jit(self.params, self.lpips_params, state, tgt, stats, key,
+                              chunk=chunk, mesh=mesh)
 
     def step_with_noise(self, state: ProjState, tgt: Targets, stats: Stats,
                         unit_noise: jax.Array, render_key: jax.Array
@@ -222,11 +230,24 @@ class Projector:
              lpips_params: Params | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Summed projection loss of ``w_opt`` [B, num_ws, w_dim] at ``step`` (with the given
         N(0, 1) w-noise) and the per-identity terms ``loss``, ``mse``, ``lpips``, ``w_norm``.
+        ``render_key`` is split into one key per identity (:meth:`identity_loss`).
         ``params`` / ``lpips_params`` default to the projector's."""
+        keys = jax.random.split(render_key, w_opt.shape[0])
+        return self.identity_loss(w_opt, tgt, stats, unit_noise, step, keys, params,
+                                  lpips_params)
+
+    def identity_loss(self, w_opt: jax.Array, tgt: Targets, stats: Stats,
+                      unit_noise: jax.Array, step: jax.Array, keys: jax.Array,
+                      params: Params | None = None, lpips_params: Params | None = None
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """:meth:`loss` with one render key per identity (``keys`` [B]): identity ``i`` draws
+        its ray samples from ``keys[i]`` alone, so any grouping of the identities into
+        chunks renders every identity the same."""
         cfg = self.cfg
         params = self.params if params is None else params
         sigma = noise_scale(step, stats.w_std, cfg)
-        img = self.render(params, w_opt + unit_noise * sigma, tgt.c, render_key)
+        img = jax.vmap(lambda w1, c1, k1: self.render(params, w1[None], c1[None], k1)[0])(
+            w_opt + unit_noise * sigma, tgt.c, keys)
         mse, perc = self.image_losses(img, tgt, lpips_params)
         w_norm = jnp.mean(jnp.square(w_opt - stats.w_avg), axis=(1, 2))
         loss = cfg.mse_weight * mse + perc + cfg.w_norm_weight * w_norm
@@ -234,11 +255,48 @@ class Projector:
 
     def _step_with_noise(self, params: Params, lpips_params: Params, state: ProjState,
                          tgt: Targets, stats: Stats, unit_noise: jax.Array,
-                         render_key: jax.Array) -> tuple[ProjState, dict[str, jax.Array]]:
-        (_, terms), g = jax.value_and_grad(self.loss, has_aux=True)(
-            state.w_opt, tgt, stats, unit_noise, state.step, render_key, params, lpips_params)
+                         render_key: jax.Array, chunk: int | None = None,
+                         mesh: Mesh | None = None) -> tuple[ProjState, dict[str, jax.Array]]:
+        keys = jax.random.split(render_key, state.w_opt.shape[0])
+        args = (state.w_opt, tgt.images, tgt.features, tgt.c, unit_noise, keys)
+        if chunk is None:
+            g, terms = self._gradients(params, lpips_params, stats, state.step, *args)
+        elif mesh is None:
+            g, terms = self._chunked_gradients(params, lpips_params, stats, state.step, *args,
+                                               chunk=chunk)
+        else:
+            data, rep = PartitionSpec("data"), PartitionSpec()
+            g, terms = jax.shard_map(
+                lambda *a: self._chunked_gradients(*a, chunk=chunk), mesh=mesh,
+                in_specs=(rep,) * 4 + (data,) * len(args), out_specs=data,
+                check_vma=False)(params, lpips_params, stats, state.step, *args)
         terms["lr"] = learning_rate(state.step, self.cfg)
         return self.apply_gradient(state, g), terms
+
+    def _gradients(self, params: Params, lpips_params: Params, stats: Stats, step: jax.Array,
+                   w: jax.Array, images: jax.Array, features: jax.Array, c: jax.Array,
+                   unit_noise: jax.Array, keys: jax.Array
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """d (summed loss) / d w ``[B, num_ws, w_dim]`` and the per-identity terms."""
+        (_, terms), g = jax.value_and_grad(self.identity_loss, has_aux=True)(
+            w, Targets(images, features, c), stats, unit_noise, step, keys, params,
+            lpips_params)
+        return g, terms
+
+    def _chunked_gradients(self, params: Params, lpips_params: Params, stats: Stats,
+                           step: jax.Array, *per_identity: jax.Array, chunk: int
+                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """:meth:`_gradients` ``chunk`` identities at a time, in sequence. Exact: the loss is
+        a sum over identities and each w enters only its own term, so the gradient of the
+        sum restricted to a chunk is the gradient of that chunk's sum."""
+        b = per_identity[0].shape[0]
+        if b % chunk:
+            raise ValueError(f"chunk {chunk} does not divide the {b} identities "
+                             "(per device, with a mesh)")
+        split = [x.reshape((b // chunk, chunk) + x.shape[1:]) for x in per_identity]
+        g, terms = jax.lax.map(
+            lambda a: self._gradients(params, lpips_params, stats, step, *a), split)
+        return jax.tree.map(lambda x: x.reshape((b,) + x.shape[2:]), (g, terms))
 
     def apply_gradient(self, state: ProjState, g: jax.Array) -> ProjState:
         """The Adam update of ``w_opt`` with gradient ``g`` at ``state.step``'s lr."""
@@ -247,10 +305,12 @@ class Projector:
         return ProjState(state.w_opt - lr * direction, adam, state.step + 1)
 
     def _step(self, params: Params, lpips_params: Params, state: ProjState, tgt: Targets,
-              stats: Stats, key: jax.Array) -> tuple[ProjState, dict[str, jax.Array]]:
+              stats: Stats, key: jax.Array, chunk: int | None = None,
+              mesh: Mesh | None = None) -> tuple[ProjState, dict[str, jax.Array]]:
         k_noise, k_render = jax.random.split(key)
         noise = jax.random.normal(k_noise, state.w_opt.shape, state.w_opt.dtype)
-        return self._step_with_noise(params, lpips_params, state, tgt, stats, noise, k_render)
+        return self._step_with_noise(params, lpips_params, state, tgt, stats, noise, k_render,
+                                     chunk, mesh)
 
     # --- pivotal tuning -------------------------------------------------------------------
 

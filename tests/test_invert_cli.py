@@ -67,6 +67,7 @@ def test_folder_layout_reads_string_labels(tmp_path):
     ("not_square", "is 96x64: expected a square aligned crop"),
     ("unreadable", "is not a readable image"),
     ("bad_steps", "--steps must be >= 1"),
+    ("bad_chunk", "--chunk must be a divisor of --batch 2, got 3"),
     ("json_file", "takes the folder that holds dataset.json"),
     ("no_lpips", "convert_weights.vgg16_nvidia vgg16.pt"),
     ("old_generator", "no t_mapping"),
@@ -92,6 +93,8 @@ def test_bad_inputs_are_one_line(tmp_path, capsys, models, case, expect):
         d = _folder(tmp_path)
     if case == "bad_steps":
         extra = ["--steps", "0"]
+    if case == "bad_chunk":
+        extra = ["--batch", "2", "--chunk", "3"]
     if case == "old_generator":
         gen = models / "old_gen"
     vgg = models / ("nowhere" if case == "no_lpips" else "vgg")
