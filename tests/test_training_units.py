@@ -198,33 +198,3 @@ def test_gaussian_demo_teacher_is_the_exact_gaussian_noise_prediction():
     np.testing.assert_allclose(np.asarray(z[..., 3]), np.asarray(z[..., :3].mean(-1)), atol=1e-6)
     np.testing.assert_allclose(np.asarray(vae.apply({"params": {}}, z, method=vae.decode)),
                                np.asarray(img), atol=1e-6)
-
-
-def test_remat_gives_the_plain_gradient_and_recomputes_after_the_cotangent():
-    """``maybe_remat``: same value and gradients (parameters, array input; a PRNG key, an
-    integer array and a static keyword pass through), the forward runs again in the
-    backward pass, and that rerun waits on the cotangent (an optimization barrier)."""
-    from jaxhead.training.views import maybe_remat
-
-    def fn(p, x, steps, *, rng, square):
-        y = jnp.sin(p["w"] * x + jax.random.normal(rng, x.shape)) * steps
-        return {"y": y ** 2 if square else y, "aux": steps}
-
-    p = {"w": jnp.float32(0.7)}
-    x = jnp.linspace(-1.0, 1.0, 5)
-    steps = jnp.arange(5)
-    key = jax.random.key(3)
-
-    def loss(fun, p, x):
-        return jnp.sum(fun(p, x, steps, rng=key, square=True)["y"] * jnp.arange(1.0, 6.0))
-
-    remat = maybe_remat(fn, True, static=("square",))
-    want = jax.value_and_grad(lambda p, x: loss(fn, p, x), argnums=(0, 1))(p, x)
-    got = jax.jit(jax.value_and_grad(lambda p, x: loss(remat, p, x), argnums=(0, 1)))(p, x)
-    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
-    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
-        assert float(jnp.abs(w).max()) > 0
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
-    text = str(jax.make_jaxpr(jax.grad(lambda p: loss(remat, p, x)))(p))
-    assert text.count(" sin ") == 2 and "optimization_barrier" in text
-    assert str(jax.make_jaxpr(jax.grad(lambda p: loss(fn, p, x)))(p)).count(" sin ") == 1

@@ -33,38 +33,15 @@ sg = jax.lax.stop_gradient
 
 
 def maybe_remat(fn: Callable, on: bool, static: tuple[str, ...] = ()) -> Callable:
-    """``fn`` rematerialised (:func:`recompute_in_backward`; keyword arguments in ``static``
-    are static), or ``fn`` itself."""
+    """``jax.checkpoint(fn)`` (keyword arguments in ``static`` treated as static) or ``fn``."""
     if not on:
         return fn
 
     def wrapped(*args, **kwargs):
         st = {k: kwargs.pop(k) for k in static if k in kwargs}
-        return recompute_in_backward(lambda a, kw: fn(*a, **kw, **st))(args, kwargs)
+        return jax.checkpoint(lambda a, kw: fn(*a, **kw, **st))(args, kwargs)
 
     return wrapped
-
-
-def recompute_in_backward(fn: Callable) -> Callable:
-    """``fn`` whose backward pass recomputes its forward from the saved inputs, as
-    ``jax.checkpoint``, but only once the output's cotangent exists: the inputs go through an
-    optimization barrier with the cotangent. With ``jax.checkpoint`` XLA may start the
-    recomputation early (it needs only the inputs), so that a render's recomputed activations
-    sat in memory beside the VAE's backward pass in the training step."""
-    @jax.custom_vjp
-    def f(*primals):
-        return fn(*primals)
-
-    def fwd(*primals):
-        return fn(*primals), primals
-
-    def bwd(primals, ct):
-        primals, ct = jax.lax.optimization_barrier((primals, ct))
-        _, vjp = jax.vjp(fn, *primals)
-        return vjp(ct)
-
-    f.defvjp(fwd, bwd)
-    return f
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
