@@ -189,15 +189,15 @@ def test_round_trip_reaches_the_target(round_trip):
     assert l1 <= 0.015 and l1 <= l0 / 3, (l0, l1)
 
 
-CHUNK_BATCH = 8
+CHUNK_BATCH = 4
 
 
 @pytest.fixture(scope="module")
 def chunk_runs(tiny, proj, stats):
-    """Two projection steps of 8 identities (distinct cameras and targets) with stochastic ray
+    """Two projection steps of 4 identities (distinct cameras and targets) with stochastic ray
     sampling, the background network and the neural rendering (32 px): all at once, split over
-    2 devices with each device's 4 identities in 2 chunks of 2 (so identities are regrouped
-    within chunks, across chunks and across devices; without a mesh the same chunked function
+    2 devices with each device's 2 identities in 2 chunks of 1 (so identities are regrouped
+    across chunks and across devices; without a mesh the same chunked function
     runs on one device), and all at once from another key (no new compile). Returns per run
     ``(w, Adam first moment, Adam second moment, loss terms of step 2)``."""
     G, params = tiny
@@ -218,7 +218,7 @@ def chunk_runs(tiny, proj, stats):
         adam = state.adam
         return tuple(np.asarray(x) for x in (state.w_opt, adam.mu, adam.nu, terms["loss"]))
 
-    return {"all": run(None), "2 on 2 devices": run(2, mesh),
+    return {"all": run(None), "1 on 2 devices": run(1, mesh),
             "other key": run(None, seed=6)}
 
 
@@ -241,7 +241,7 @@ def test_chunked_projection_equals_unchunked(chunk_runs):
     which amplifies that round-off (w differs by 1e-2 of its scale, another key by 7e-2)."""
     _, mu_all, nu_all, loss_all = chunk_runs["all"]
     _, mu_key, nu_key, loss_key = chunk_runs["other key"]
-    _, mu, nu, loss = chunk_runs["2 on 2 devices"]
+    _, mu, nu, loss = chunk_runs["1 on 2 devices"]
     errs = {"loss": float(np.abs(loss / loss_all - 1).max()), "mu": _rel(mu, mu_all),
             "nu": _rel(nu, nu_all)}
     key = {"loss": float(np.abs(loss_key / loss_all - 1).max()), "mu": _rel(mu_key, mu_all),
