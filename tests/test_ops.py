@@ -119,3 +119,22 @@ def test_conv_custom_weight_gradient_matches_xla():
         ref = jax.vjp(lambda a, b: _conv(a, b, pad), x, w)[1](dy)  # noqa: B023
         for g, r in zip(got, ref, strict=True):
             np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("taps", [(1.0, 3.0, 3.0, 1.0), (1.0, 2.0, 1.0), (1.0, 1.0),
+                                  (1.0, 4.0, 6.0, 4.0, 1.0)])
+def test_upsample2d_polyphase_equals_zero_insertion(taps):
+    """The polyphase up-sampling equals zero insertion + pad + FIR (upfirdn2d), any tap count."""
+    import jax
+
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 7, 5, 3)).astype(np.float32))
+    f = len(taps)
+    p = ((f + 1) // 2, (f - 2) // 2) * 2
+    ref = upfirdn2d(x, taps, up=2, padding=p, gain=4.0)
+    got = upsample2d(x, taps)
+    assert got.shape == ref.shape == (2, 14, 10, 3)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-6)
+    dy = jnp.asarray(np.random.default_rng(6).normal(size=ref.shape).astype(np.float32))
+    g_got = jax.vjp(lambda a: upsample2d(a, taps), x)[1](dy)[0]
+    g_ref = jax.vjp(lambda a: upfirdn2d(a, taps, up=2, padding=p, gain=4.0), x)[1](dy)[0]
+    np.testing.assert_allclose(np.asarray(g_got), np.asarray(g_ref), atol=1e-5)
