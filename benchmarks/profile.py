@@ -154,8 +154,8 @@ def _classify(comps, by_name) -> dict[str, tuple[str, float]]:
         for ins in comps.get(cname, []):
             c, f = info(ins)
             total += f
-            if c.startswith(("conv", "dot")) and (cat is None or f > 0):
-                cat = c if cat is None or not cat.startswith(("conv", "dot")) else cat
+            if c.startswith(("conv ", "dot ")) and cat is None:  # the first conv/dot inside
+                cat = c
         return cat, total
 
     def info(ins: Instr) -> tuple[str, float]:
