@@ -33,7 +33,8 @@ def _config(name: str) -> PanoHeadConfig:
     return PanoHeadConfig() if name == "full" else demo_config()
 
 
-def measure(config: str, mode: str, batch: int, repeats: int) -> dict:
+def build(config: str, mode: str, batch: int) -> tuple:
+    """The jitted ``forward`` or ``forward+backward`` function of one row and its arguments."""
     G = PanoHead(_config(config))
     params = jax.jit(G.init)(jax.random.key(0))
     z = jax.random.normal(jax.random.key(1), (batch, G.config.z_dim))
@@ -53,7 +54,11 @@ def measure(config: str, mode: str, batch: int, repeats: int) -> dict:
         fn = jax.jit(image)
     else:
         fn = jax.jit(jax.grad(lambda tr, ws, c, key: jnp.mean(image(tr, ws, c, key))))
-    args = (trainable, ws, c, jax.random.key(2))
+    return fn, (trainable, ws, c, jax.random.key(2))
+
+
+def measure(config: str, mode: str, batch: int, repeats: int) -> dict:
+    fn, args = build(config, mode, batch)
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     t_compile = time.perf_counter() - t0
