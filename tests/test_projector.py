@@ -233,12 +233,12 @@ def test_chunked_projection_equals_unchunked(chunk_runs):
     both gradients are taken at the same w_avg + noise) agree to fp32 round-off, while another
     key moves them by > 0.1 relative (losses) and > 0.5 of their scale (moments), so a chunking
     that mixed identities' w-noise, render keys or cameras fails. The moments' round-off is
-    large for fp32 (measured 4e-3 of their scale at batch 8, 2e-4 at batch 4): the importance
-    samples are a step function of the coarse weights (an inverse-CDF search), so round-off can
-    move one, and the fp32 gradient here is already 3e-4 of its scale from a float64 one (see
-    test_gradient_matches_official). Measured: losses 2.4e-7, moments 4.1e-3 / 2.5e-3; another
-    key 0.37, 1.06 / 1.92. w is not compared: Adam's first real update is ~ sign(g) per entry,
-    which amplifies that round-off (w differs by 1e-2 of its scale, another key by 7e-2)."""
+    larger than the losses': the importance samples are a step function of the coarse weights
+    (an inverse-CDF search), so round-off can move one, and the fp32 gradient here is already
+    3e-4 of its scale from a float64 one (see test_gradient_matches_official). Measured at 4
+    identities: losses 6.6e-7, moments 1.9e-4 / 1.4e-4; another key 0.27, 1.52 / 3.23 (at 8
+    identities in chunks of 2 the moments differed by 4e-3). w is not compared: Adam's first
+    real update is ~ sign(g) per entry, which amplifies that round-off."""
     _, mu_all, nu_all, loss_all = chunk_runs["all"]
     _, mu_key, nu_key, loss_key = chunk_runs["other key"]
     _, mu, nu, loss = chunk_runs["1 on 2 devices"]
@@ -247,5 +247,5 @@ def test_chunked_projection_equals_unchunked(chunk_runs):
     key = {"loss": float(np.abs(loss_key / loss_all - 1).max()), "mu": _rel(mu_key, mu_all),
            "nu": _rel(nu_key, nu_all)}
     print(f"chunked vs all: {errs}; other key vs all: {key}")
-    assert errs["loss"] <= 1e-5 and errs["mu"] <= 1e-2 and errs["nu"] <= 1e-2, errs
+    assert errs["loss"] <= 1e-5 and errs["mu"] <= 2e-3 and errs["nu"] <= 2e-3, errs
     assert key["loss"] > 0.1 and key["mu"] > 0.5 and key["nu"] > 0.5, key  # keys matter
