@@ -169,29 +169,3 @@ def test_upsample2d_polyphase_equals_zero_insertion(taps):
     g_got = jax.vjp(lambda a: upsample2d(a, taps), x)[1](dy)[0]
     g_ref = jax.vjp(lambda a: upfirdn2d(a, taps, up=2, padding=p, gain=4.0), x)[1](dy)[0]
     np.testing.assert_allclose(np.asarray(g_got), np.asarray(g_ref), atol=1e-5)
-
-
-@pytest.mark.parametrize("up,k,demod", [(1, 3, True), (2, 3, True), (1, 1, False)])
-def test_modulated_conv_one_sample_folds_styles_into_weight(up, k, demod):
-    """Batch 1 takes the folded-weight path; it equals the activation-scaling path used for
-    larger batches (values and gradients)."""
-    import jax
-
-    from jaxhead.models.stylegan2 import modulated_conv2d
-
-    rng = np.random.default_rng(7)
-    x = jnp.asarray(rng.normal(size=(2, 6, 5, 4)).astype(np.float32))
-    w = jnp.asarray(rng.normal(size=(k, k, 4, 3)).astype(np.float32))
-    s = jnp.asarray(rng.normal(size=(2, 4)).astype(np.float32) + 1.0)
-
-    def f(x, w, s):
-        return modulated_conv2d(x, w, s, demodulate=demod, up=up, padding=k // 2)
-
-    both = f(x, w, s)  # batch 2: activations scaled
-    one = jnp.concatenate([f(x[i: i + 1], w, s[i: i + 1]) for i in range(2)])  # folded
-    np.testing.assert_allclose(np.asarray(one), np.asarray(both), atol=2e-5, rtol=1e-5)
-    g_both = jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2))(x, w, s)
-    g_one = jax.grad(lambda *a: sum(jnp.sum(jnp.sin(f(a[0][i: i + 1], a[1], a[2][i: i + 1])))
-                                    for i in range(2)), argnums=(0, 1, 2))(x, w, s)
-    for a, b in zip(g_one, g_both, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5, rtol=1e-5)

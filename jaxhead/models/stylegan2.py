@@ -112,27 +112,17 @@ def modulated_conv2d(x: jax.Array, weight: jax.Array, styles: jax.Array, *,
     """StyleGAN2 modulated convolution, batched without grouped convs.
 
     ``x * styles -> conv(weight) -> * dcoefs``, which equals the fused grouped form of the
-    reference. With one sample the styles and demodulation coefficients are folded into the
-    (small) weight instead, as the reference's fused form does: two passes over the activations
-    fewer. x ``[N, H, W, I]``, weight HWIO ``[k, k, I, O]``, styles ``[N, I]``.
+    reference. x ``[N, H, W, I]``, weight HWIO ``[k, k, I, O]``, styles ``[N, I]``.
     """
-    dcoefs = None
-    if demodulate:
-        wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [I, O]
-        dcoefs = jax.lax.rsqrt(jnp.matmul(jnp.square(styles), wsq,
-                                          precision=jax.lax.Precision.HIGHEST) + 1e-8)
-    if x.shape[0] == 1:
-        w = weight * styles[0][None, None, :, None]
-        if dcoefs is not None:
-            w = w * dcoefs[0]
-        w = w.astype(x.dtype)
-        return conv2d(x, w, padding) if up == 1 else conv2d_up2(x, w, padding=padding)
     x = x * styles[:, None, None, :].astype(x.dtype)
     if up == 1:
         y = conv2d(x, weight, padding)
     else:
         y = conv2d_up2(x, weight, padding=padding)
-    if dcoefs is not None:
+    if demodulate:
+        wsq = jnp.sum(jnp.square(weight), axis=(0, 1))  # [I, O]
+        dcoefs = jax.lax.rsqrt(jnp.matmul(jnp.square(styles), wsq,
+                                          precision=jax.lax.Precision.HIGHEST) + 1e-8)
         y = y * dcoefs[:, None, None, :].astype(y.dtype)
     return y
 
