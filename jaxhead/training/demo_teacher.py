@@ -94,6 +94,10 @@ class _Posterior:
         return self.z
 
 
+jax.tree_util.register_pytree_node(_Posterior, lambda p: ((p.z,), None),
+                                   lambda _, zs: _Posterior(*zs))
+
+
 class PoolingVAE(nn.Module):
     """The demo's parameter-free stand-in for the SD VAE: a latent pixel is the average RGB of
     its 8x8 block and their mean (4 channels, about [-1, 1]); decoding repeats the RGB. Same
