@@ -226,7 +226,7 @@ def _rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ~65 s: the suite is at CI's 30 minutes (run with -m heavy)
 def test_chunked_projection_equals_unchunked(chunk_runs):
     """Chunking identities (lax.map under shard_map over devices) is exact: after 2 steps the
     per-identity loss terms and Adam's moments (the two steps' gradients: step 0 has lr 0, so
