@@ -35,6 +35,7 @@ from jaxhead.training.step import init_state, train_step
 from jaxhead.training.style_bank import needs_style_bank
 from jaxhead.training.terms import enabled_terms
 from jaxhead.training.workdir import check_resume, truncate_metrics
+from jaxhead.utils.host_memory import release_free_host_memory
 
 
 class Built(NamedTuple):
@@ -109,6 +110,22 @@ def build(config, perceptual_fn: Any = None, workdir: str | os.PathLike | None =
     return Built(models, frozen, init, step, mesh, config)
 
 
+def compile_step(step_fn, state, frozen, *, verbose: bool = True) -> None:
+    """Compile the jitted step ahead of its first call (the call then reuses the executable),
+    print the time and XLA's memory plan, and hand the compiler's freed heap back to the OS
+    before the step's buffers are allocated (see ``jaxhead.utils.host_memory``)."""
+    t0 = time.perf_counter()
+    compiled = step_fn.lower(state, frozen).compile()
+    dt = time.perf_counter() - t0
+    release_free_host_memory()
+    if verbose:
+        mem = compiled.memory_analysis()
+        plan = "" if mem is None else (
+            f"; XLA plan per device: arguments {mem.argument_size_in_bytes / 2**30:.2f} GiB + "
+            f"temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB")
+        print(f"jaxhead.train: step compiled in {dt:.1f} s{plan}", flush=True)
+
+
 def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = True,
                        built: Built | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary dict (final metrics, paths, state)."""
@@ -148,6 +165,8 @@ def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = T
     if is_main:
         print(f"jaxhead.train: {describe(models, config)}; {jax.device_count()} device(s) "
               f"({jax.default_backend()}); steps {start} -> {config.steps}; workdir {workdir}")
+    if start < config.steps:
+        compile_step(step_fn, state, frozen, verbose=is_main)
     metrics: dict[str, float] = {}
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and is_main),
                unit="step", dynamic_ncols=True)
