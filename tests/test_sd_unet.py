@@ -4,6 +4,7 @@ attention implementations."""
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sd_testlib as T
@@ -97,6 +98,17 @@ def test_attention_implementations_agree():
     mask = np.where(rng.uniform(size=(2, 1, 1, 300)) < 0.2, -1e9, 0.0).astype(np.float32)
     assert T.max_err(sd_layers.attention(q, k, v, bias=mask, impl="chunked", chunk_size=128),
                      sd_layers.attention(q, k, v, bias=mask, impl="dense")) <= 1e-5
+    # gradients (the VAE encoder is differentiated through chunked attention)
+    w = rng.standard_normal(q.shape).astype(np.float32)
+
+    def loss(impl):
+        return lambda a, b, c: jnp.sum(w * sd_layers.attention(a, b, c, bias=mask, impl=impl,
+                                                                chunk_size=128))
+
+    g_dense = jax.grad(loss("dense"), argnums=(0, 1, 2))(q, k, v)
+    g_chunk = jax.jit(jax.grad(loss("chunked"), argnums=(0, 1, 2)))(q, k, v)
+    for gc, gd in zip(g_chunk, g_dense):
+        assert T.max_err(gc, gd) <= 1e-5 * max(1.0, float(np.abs(gd).max()))
     ref = torch.nn.functional.scaled_dot_product_attention(
         *(torch.from_numpy(a).transpose(1, 2) for a in (q, k, v))).transpose(1, 2)
     assert T.max_err(dense, ref) <= 1e-5

@@ -1,7 +1,7 @@
 """Per-op profile of one jitted call (XLA:CPU or GPU), optionally beside torch.profiler.
 
-    python -m benchmarks.profile --model panohead [--config full|demo] [--backward]
-    python -m benchmarks.profile --model unet [--latent 64] [--torch]
+    python -m benchmarks.op_profile --model panohead [--config full|demo] [--backward]
+    python -m benchmarks.op_profile --model unet [--latent 64] [--torch]
 
 The jaxhead side is traced once with ``jax.profiler`` after a warm-up; every executed HLO
 instruction (XLA:CPU thunk, or GPU kernel tagged with its HLO op) is matched to the optimized
@@ -13,6 +13,9 @@ run at once is split equally among them, a while loop only counts time outside i
 
 ``--torch`` (UNet) runs diffusers' UNet on the same shapes under ``torch.profiler`` and prints
 its per-operator table (self CPU time, FLOPs where torch counts them).
+
+Not named ``profile.py``: benchmarks run as scripts (``python benchmarks/teacher.py``) put this
+folder first on ``sys.path``, where that name shadows the standard library module torch imports.
 """
 
 from __future__ import annotations
