@@ -107,7 +107,7 @@ def test_attention_implementations_agree():
 
     g_dense = jax.grad(loss("dense"), argnums=(0, 1, 2))(q, k, v)
     g_chunk = jax.jit(jax.grad(loss("chunked"), argnums=(0, 1, 2)))(q, k, v)
-    for gc, gd in zip(g_chunk, g_dense):
+    for gc, gd in zip(g_chunk, g_dense, strict=True):
         assert T.max_err(gc, gd) <= 1e-5 * max(1.0, float(np.abs(gd).max()))
     ref = torch.nn.functional.scaled_dot_product_attention(
         *(torch.from_numpy(a).transpose(1, 2) for a in (q, k, v))).transpose(1, 2)

@@ -110,7 +110,8 @@ def attention(q: Array, k: Array, v: Array, *, bias: Array | None = None, impl: 
       bias: additive logit bias broadcastable to [B, H, N, M] (a mask as 0 / a large negative
         finite value such as float32 min; a row masked entirely by -inf gives NaN), or None.
       impl: "dense" (materialise all logits), "chunked" (exact, blocks of ``chunk_size`` queries
-        of one head at a time: memory-efficient, and on CPU the fastest for long sequences), "cudnn" (``jax.nn.dot_product_attention`` flash kernel,
+        of one head at a time: memory-efficient, and on CPU the fastest for long sequences),
+        "cudnn" (``jax.nn.dot_product_attention`` flash kernel,
         GPU with fp16/bf16 only) or "auto" (chunked for large N*M, else dense).
     Returns:
       [B, N, H, D] in v's dtype.
