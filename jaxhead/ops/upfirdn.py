@@ -123,15 +123,20 @@ def _conv_bwd(pad, res, dy):
     dx = jax.vjp(lambda xx: _conv(xx, w, pad), x)[1](dy)[0]
     # Weight gradient as kh*kw GEMMs over shifted input windows, one window at a time (a loop,
     # so that only one shifted copy of the input is live). XLA:CPU's backprop-filter
-    # convolution is several times slower than this.
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    n, h, wd, _ = dy.shape
+    # convolution is several times slower than this. The padded input is made channel-major
+    # once, so that each window is an [I, N*H*W] operand of a plain GEMM: contracting the
+    # pixel axis of NHWC windows made XLA transpose every window (3x3, 128 ch at 512 px:
+    # 1.84 -> 1.01 s; XLA's own 3.0 s).
+    xt = jnp.transpose(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), (3, 0, 1, 2))
+    n, h, wd, o = dy.shape
+    ci = x.shape[-1]
+    dy2 = dy.reshape(n * h * wd, o)
     hp = jax.lax.Precision.HIGHEST
 
     def tap(k, dw):
         a, b = k // kw, k % kw
-        win = jax.lax.dynamic_slice(xp, (0, a, b, 0), (n, h, wd, xp.shape[-1]))
-        g = jnp.einsum("nhwi,nhwo->io", win, dy, precision=hp)
+        win = jax.lax.dynamic_slice(xt, (0, 0, a, b), (ci, n, h, wd)).reshape(ci, n * h * wd)
+        g = jnp.matmul(win, dy2, precision=hp)  # [I, O]
         return jax.lax.dynamic_update_slice(dw, g[None, None].astype(dw.dtype), (a, b, 0, 0))
 
     dw = jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros(w.shape, jnp.float32))
