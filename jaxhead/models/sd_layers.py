@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen import dtypes as flax_dtypes
 
 Array = jax.Array
 Dtype = Any
@@ -145,6 +146,29 @@ def layer_norm(eps: float, dtype: Dtype, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
 
 
+def promote_after_input(*args: Array | None, dtype: Dtype = None, inexact: bool = True
+                        ) -> list[Array | None]:
+    """flax's ``promote_dtype`` for a layer's ``(inputs, kernel, bias)``, where on CPU the
+    low-precision weights are made to depend on the layer's input first.
+
+    XLA:CPU has no bfloat16 convolution or GEMM, so it converts bfloat16 weights to float32.
+    Those converts depend on parameters only, and its scheduler ran them all early: the whole
+    teacher's float32 copy was live at once (a bfloat16 SD UNet forward planned 3.2 GiB of
+    temporaries, 2x its weights). Adding ``0 * isnan(x[0])`` (0 or 1 times 0: exactly zero, never
+    NaN) to each weight ties it to the input, so each convert runs when its layer does and its
+    copy dies with it (XLA removes optimisation barriers before scheduling, so they do not do
+    this). Values are unchanged; nothing changes for float32 weights or on GPU / TPU, which run
+    bfloat16 natively.
+    """
+    x, *rest = args
+    low = [a is not None and jnp.dtype(a.dtype) in (jnp.bfloat16, jnp.float16) for a in rest]
+    if any(low) and x is not None and jax.default_backend() == "cpu":
+        zero = jnp.isnan(jnp.ravel(x)[0]).astype(jnp.float32) * 0.0  # a float product: kept
+        rest = [a + zero.astype(a.dtype) if is_low else a
+                for a, is_low in zip(rest, low, strict=True)]
+    return flax_dtypes.promote_dtype(x, *rest, dtype=dtype, inexact=inexact)
+
+
 def conv2d(features: int, kernel: int, dtype: Dtype, name: str, *, stride: int = 1,
            padding: int | tuple[tuple[int, int], tuple[int, int]] | None = None) -> nn.Conv:
     """torch.nn.Conv2d equivalent (NHWC); default padding keeps the size ((k-1)/2 each side)."""
@@ -153,11 +177,12 @@ def conv2d(features: int, kernel: int, dtype: Dtype, name: str, *, stride: int =
     if isinstance(padding, int):
         padding = ((padding, padding), (padding, padding))
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                   dtype=dtype, name=name)
+                   dtype=dtype, promote_dtype=promote_after_input, name=name)
 
 
 def dense(features: int, dtype: Dtype, name: str, *, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, name=name)
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, promote_dtype=promote_after_input,
+                    name=name)
 
 
 def timestep_embedding(timesteps: Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float,

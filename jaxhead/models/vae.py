@@ -180,9 +180,11 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(cfg, self.attention_impl, dt)
         # (setup assigns names from attributes, so no ``name=`` here)
         if cfg.use_quant_conv:
-            self.quant_conv = nn.Conv(2 * cfg.latent_channels, (1, 1), dtype=dt)
+            self.quant_conv = nn.Conv(2 * cfg.latent_channels, (1, 1), dtype=dt,
+                                      promote_dtype=L.promote_after_input)
         if cfg.use_post_quant_conv:
-            self.post_quant_conv = nn.Conv(cfg.latent_channels, (1, 1), dtype=dt)
+            self.post_quant_conv = nn.Conv(cfg.latent_channels, (1, 1), dtype=dt,
+                                           promote_dtype=L.promote_after_input)
 
     def encode(self, images: Array) -> LatentDist:
         """images [B, H, W, 3] in [-1, 1] -> posterior over latents [B, H/8, W/8, 4]."""
