@@ -233,8 +233,41 @@ class Downsample2D(nn.Module):
         return conv2d(self.out_channels, 3, self.dtype, "conv", stride=2, padding=pad)(x)
 
 
+class _Up2Conv3x3(nn.Module):
+    """``conv3x3(nearest_upsample_x2(x))`` without the upsampled image: each of the four output
+    phases is a 2x2 convolution of ``x`` with taps of the 3x3 kernel summed (output row ``2m``
+    sees input rows ``m-1, m, m`` -> taps ``(w0, w1 + w2)``; row ``2m+1`` sees ``m, m, m+1`` ->
+    ``(w0 + w1, w2)``), so 16 instead of 36 multiply-adds per input pixel and channel pair.
+    Parameters ``kernel`` [3, 3, I, O] and ``bias`` as ``nn.Conv``'s."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (3, 3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        x, kernel, bias = promote_after_input(x, kernel, bias, dtype=self.dtype)
+
+        def taps(k: Array, axis: int) -> tuple[Array, Array]:
+            k0, k1, k2 = (jnp.take(k, i, axis=axis) for i in range(3))
+            return jnp.stack([k0, k1 + k2], axis), jnp.stack([k0 + k1, k2], axis)
+
+        pads = ((1, 0), (0, 1))  # phase 0 reads rows (m-1, m), phase 1 rows (m, m+1)
+        rows = []
+        for a, ka in enumerate(taps(kernel, 0)):
+            cols = [jax.lax.conv_general_dilated(x, kab, (1, 1), (pads[a], pads[b]),
+                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                    for b, kab in enumerate(taps(ka, 1))]
+            rows.append(jnp.stack(cols, axis=3))  # [N, H, W, 2, O]
+        y = jnp.stack(rows, axis=2)  # [N, H, 2, W, 2, O]
+        n, h, _, w, _, o = y.shape
+        return y.reshape(n, 2 * h, 2 * w, o) + bias
+
+
 class Upsample2D(nn.Module):
-    """Nearest upsample (x2, or to ``size``) then 3x3 conv ``conv``."""
+    """Nearest upsample (x2, or to ``size``) then 3x3 conv ``conv``; x2 in polyphase form."""
 
     out_channels: int
     dtype: Dtype = jnp.float32
@@ -242,6 +275,8 @@ class Upsample2D(nn.Module):
     @nn.compact
     def __call__(self, x: Array, size: tuple[int, int] | None = None) -> Array:
         size = size or (2 * x.shape[1], 2 * x.shape[2])
+        if tuple(size) == (2 * x.shape[1], 2 * x.shape[2]):
+            return _Up2Conv3x3(self.out_channels, self.dtype, name="conv")(x)
         return conv2d(self.out_channels, 3, self.dtype, "conv")(nearest_resize(x, size))
 
 
