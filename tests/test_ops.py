@@ -1,5 +1,6 @@
 """Low-level ops against their PyTorch definitions (torch is a test extra)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -169,3 +170,17 @@ def test_upsample2d_polyphase_equals_zero_insertion(taps):
     g_got = jax.vjp(lambda a: upsample2d(a, taps), x)[1](dy)[0]
     g_ref = jax.vjp(lambda a: upfirdn2d(a, taps, up=2, padding=p, gain=4.0), x)[1](dy)[0]
     np.testing.assert_allclose(np.asarray(g_got), np.asarray(g_ref), atol=1e-5)
+
+
+def test_tie_to_keeps_values_and_survives_xla():
+    """``tie_to`` changes no value (inf and NaN included) and its dependency is still in the
+    optimized program (XLA folds an integer ``0 * x``, and drops optimization barriers)."""
+    from jaxhead.ops.depend import tie_to
+
+    w = jnp.asarray([1.5, -0.0, np.inf, np.nan, 3e38], jnp.float32)
+    for dep in (jnp.ones((2, 3)), jnp.full((2,), np.nan), jnp.full((1,), np.inf)):
+        got = np.asarray(jax.jit(tie_to)(w, dep))
+        np.testing.assert_array_equal(got, np.asarray(w))
+        assert np.signbit(got[1])  # -0.0 + 0.0 would be +0.0: the zero added is exact
+    hlo = jax.jit(lambda a, b: tie_to(a, b) * 2).lower(w, jnp.ones(3)).compile().as_text()
+    assert "compare" in hlo

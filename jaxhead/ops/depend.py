@@ -2,9 +2,9 @@
 
 XLA removes ``jax.lax.optimization_barrier`` before it schedules (on CPU at least), and its
 scheduler computes values that depend on parameters or constants only (weight casts, zero
-buffers) as early as it likes, keeping them live far longer than needed. Adding an exact zero
-computed from another array makes a value depend on that array, so it is computed only once the
-array exists.
+buffers) as early as it likes, keeping them live far longer than needed. Subtracting an exact
+zero computed from another array makes a value depend on that array, so it is computed only
+once the array exists.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import jax.numpy as jnp
 def tie_to(x: jax.Array, dep: jax.Array) -> jax.Array:
     """``x`` unchanged, computed only after ``dep`` (any shape, floating) exists.
 
-    Adds ``0.0 * isnan(dep[0])``: a float product (0 or 1 times 0), which XLA does not fold away
-    (it does fold integer products with zero) and which is exactly zero, never NaN.
+    Subtracts ``isnan(dep[0]) * 0.0``: a float product (0 or 1 times +0), which XLA does not fold
+    away (it does fold integer products with zero); it is +0, never NaN, and ``x - (+0)`` is ``x``
+    for every float, -0 included (``x + 0`` would turn -0 into +0).
     """
     zero = jnp.isnan(jnp.ravel(dep)[0]).astype(jnp.float32) * 0.0
-    return x + zero.astype(x.dtype)
+    return x - zero.astype(x.dtype)
