@@ -23,7 +23,7 @@ def get_config():
     c.workdir = "runs/demo"
     c.demo_teacher = "gaussian"
     c.steps = 8
-    c.optimizer.lr = 2e-3  # tiny random generator: large steps show the restyle in 8 steps
+    c.optimizer.lr = 5e-3  # tiny random generator: large steps show the restyle in 8 steps
     c.grid.control = "renderer_depth"  # no Depth Anything in the demo
     c.log_every = 1
     c.preview_every = 4

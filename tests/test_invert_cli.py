@@ -45,6 +45,12 @@ def models(tmp_path_factory, fixtures_dir):
     old = {"params": {k: v for k, v in p["params"].items() if k != "t_mapping"},
            "buffers": {k: v for k, v in p["buffers"].items() if k != "t_mapping"}}
     save_panohead(root / "old_gen", G, old)  # converted before t_mapping was kept
+    from jaxhead.models.panohead.demo import demo_generator
+
+    # the demo generator (the fixture's sizes with a narrow SR: the full-width SR made the
+    # end-to-end run below take 3 minutes)
+    G, p = demo_generator(0, t_mapping=True)
+    save_panohead(root / "demo_gen", G, p)
     return root
 
 
@@ -120,15 +126,15 @@ def test_partial_outputs_are_never_overwritten(tmp_path, capsys, models):
 
 @pytest.mark.slow
 def test_end_to_end_two_images_batch_two(tmp_path, capsys, models):
-    """2 projection steps + 1 PTI step on the tiny fixture generator (compiles the full SR
-    step): the files, their layouts, and that a second run skips the finished stems."""
+    """2 projection steps + 1 PTI step on the demo generator (with t_mapping): the files,
+    their layouts, and that a second run skips the finished stems."""
     d = _folder(tmp_path)
     out = tmp_path / "out"
-    args = ["--generator", models / "gen", "--images", d, "--out", out, "--perceptual-weights",
+    args = ["--generator", models / "demo_gen", "--images", d, "--out", out, "--perceptual-weights",
             models / "vgg", "--steps", "2", "--pti-steps", "1", "--batch", "2"]
     rc, err = _run(capsys, *args)
     assert rc == 0, err
-    G, _ = load_panohead(models / "gen")
+    G, _ = load_panohead(models / "demo_gen")
     for stem in ("a", "b"):
         w = np.load(out / f"{stem}.npz")["w"]
         assert w.shape == (1, G.num_ws, 512) and w.dtype == np.float32

@@ -448,19 +448,17 @@ def test_missing_control_weights_stop_the_run(tmp_path):
     assert "depth_anything" not in "\n".join(missing_weights(c))
 
 
-@pytest.mark.heavy  # the shipped demo for 4 steps: ~4 minutes (run with -m heavy)
+@pytest.mark.heavy  # the shipped demo's 8 steps: ~2 minutes (run with -m heavy)
 def test_demo_as_shipped_visibly_restyles_every_head_and_view(tmp_path):
     """``configs/demo.py`` as a newcomer runs it (the analytic Gaussian demo teacher, single
-    view + mirror + grid, rank weighting), half its steps: every head's colour moves towards
-    the palette in every view (front, sides, back; measured 0.35-0.99 of the way, 0.7 on
-    average) and turns greener, and the run reports it."""
+    view + mirror + grid, rank weighting): every head's colour moves towards the palette in
+    every view (front, sides, back) and turns greener, and the run reports it."""
     from jaxhead.training.demo_teacher import head_colours, palette_rgb, toward_palette
     from jaxhead.training.optim import merge
     from jaxhead.training.sampling import conditioning_ws
 
     c = demo.get_config()
     assert c.demo_teacher == "gaussian"
-    c.steps //= 2
     c.final_turntable_identities = 0
     c.preview_every = 0
     built = train.build(c)

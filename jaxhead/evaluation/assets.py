@@ -215,7 +215,8 @@ def load_generator_spec(spec: str) -> LoadedGenerator:
             return x
 
         params = jax.tree_util.tree_map_with_path(perturb, params)
-    return LoadedGenerator(G, params, content_key({"demo_generator": spec, "version": 1}))
+    # version 2: the demo generator's narrow SR (sr_channels 32 / 16)
+    return LoadedGenerator(G, params, content_key({"demo_generator": spec, "version": 2}))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 Same architecture as the released model with small sizes (as the official-code fixture
 ``panohead_tiny``): mapping 2 layers, tri-grid 32 px x 3 depth, 12 + 12 ray samples, 32 px
-neural rendering, SR to 512. Random weights render abstract shapes, not heads; real heads need
-the released checkpoint (``python -m convert_weights.panohead``).
+neural rendering, SR to 512 through 32 / 16 channels (the fixture and every released
+checkpoint keep the official 256 / 128; the full-width SR alone is ~320 GFLOP per 512 px
+image). Random weights render abstract shapes, not heads; real heads need the released
+checkpoint (``python -m convert_weights.panohead``).
 """
 
 from __future__ import annotations
@@ -18,28 +20,39 @@ from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 def demo_config(**overrides) -> PanoHeadConfig:
     """The tiny configuration (``overrides`` replace fields)."""
     base = dict(channel_base=2048, channel_max=32, triplane_size=32, depth_resolution=12,
-                depth_resolution_importance=12, neural_rendering_resolution=32)
+                depth_resolution_importance=12, neural_rendering_resolution=32,
+                sr_channels=(32, 16))
     base.update(overrides)
     return PanoHeadConfig(**base)
 
 
-def host_init(G: PanoHead, seed: int = 0) -> dict:
+def host_init(G: PanoHead, seed: int = 0, *, t_mapping: bool = False) -> dict:
     """PyTorch-like random init drawn on the host (no compile): raw weights, ``const`` and
-    ``noise_const`` ~ N(0, 1), biases 0 (affine biases 1), noise strengths and ``w_avg`` 0."""
-    rng = np.random.default_rng(seed)
+    ``noise_const`` ~ N(0, 1), biases 0 (affine biases 1), noise strengths and ``w_avg`` 0;
+    ``t_mapping``: with the camera self-adaptation network (which inversion needs), drawn
+    from its own stream so that every other tensor is the same as without it."""
 
-    def draw(path, s):
-        name = jax.tree_util.keystr(path)
-        if name.endswith("['bias']"):
-            return np.full(s.shape, 1.0 if "affine" in name else 0.0, np.float32)
-        if "noise_strength" in name or "w_avg" in name:
-            return np.zeros(s.shape, np.float32)
-        w = rng.standard_normal(s.shape).astype(np.float32)
-        if "mapping" in name and name.endswith("['weight']") and "embed" not in name:
-            w = w / 0.01  # lr_multiplier 0.01: stored weights are N(0, 1) / lr_mul
-        return w
+    def draws(shapes, rng):
+        def draw(path, s):
+            name = jax.tree_util.keystr(path)
+            if name.endswith("['bias']"):
+                return np.full(s.shape, 1.0 if "affine" in name else 0.0, np.float32)
+            if "noise_strength" in name or "w_avg" in name:
+                return np.zeros(s.shape, np.float32)
+            w = rng.standard_normal(s.shape).astype(np.float32)
+            if "['mapping']" in name and name.endswith("['weight']") and "embed" not in name:
+                w = w / 0.01  # lr_multiplier 0.01: stored weights are N(0, 1) / lr_mul
+            return w
 
-    return jax.tree.map(jnp.asarray, jax.tree_util.tree_map_with_path(draw, G.param_shapes()))
+        return jax.tree.map(jnp.asarray, jax.tree_util.tree_map_with_path(draw, shapes))
+
+    out = draws(G.param_shapes(), np.random.default_rng(seed))
+    if t_mapping:
+        full = G.param_shapes(t_mapping=True)
+        extra = draws({k: {"t_mapping": full[k]["t_mapping"]} for k in ("params", "buffers")},
+                      np.random.default_rng(seed + 7))
+        out = {k: {**out[k], **extra[k]} for k in ("params", "buffers")}
+    return out
 
 
 def demo_params(G: PanoHead, seed: int = 0, params: dict | None = None) -> dict:
@@ -47,10 +60,14 @@ def demo_params(G: PanoHead, seed: int = 0, params: dict | None = None) -> dict:
 
     PyTorch's init leaves noise strengths and biases at zero; here they get small random
     values (noise strength 0.1, as the fixture) so that every term of the generator is
-    exercised. ``w_avg`` gets a random value so that truncation does something.
+    exercised. ``w_avg`` gets a random value so that truncation does something. A
+    ``t_mapping`` network in ``params`` is kept as it is (the other tensors do not depend on
+    whether it is there).
     """
     params = host_init(G, seed) if params is None else params
     rng = np.random.default_rng(seed + 1)
+    t_map = {k: v["t_mapping"] for k, v in params.items() if "t_mapping" in v}
+    params = {k: {n: x for n, x in v.items() if n != "t_mapping"} for k, v in params.items()}
 
     def perturb(path, x):
         name = jax.tree_util.keystr(path)
@@ -63,7 +80,8 @@ def demo_params(G: PanoHead, seed: int = 0, params: dict | None = None) -> dict:
             x = 0.5 * rng.standard_normal(x.shape).astype(np.float32)
         return jnp.asarray(x)
 
-    return jax.tree_util.tree_map_with_path(perturb, params)
+    out = jax.tree_util.tree_map_with_path(perturb, params)
+    return {k: {**v, **({"t_mapping": t_map[k]} if k in t_map else {})} for k, v in out.items()}
 
 
 def sculpt(params: dict, *, amplitude: float = 2.0, gain: float = 8.0,
@@ -119,9 +137,10 @@ def sculpt(params: dict, *, amplitude: float = 2.0, gain: float = 8.0,
     return p
 
 
-def demo_generator(seed: int = 0, *, sculpted: bool = True, **overrides
-                   ) -> tuple[PanoHead, dict]:
-    """``(G, params)`` of the tiny random generator (``sculpted``: with :func:`sculpt`)."""
+def demo_generator(seed: int = 0, *, sculpted: bool = True, t_mapping: bool = False,
+                   **overrides) -> tuple[PanoHead, dict]:
+    """``(G, params)`` of the tiny random generator (``sculpted``: with :func:`sculpt`;
+    ``t_mapping``: with the camera self-adaptation network, for inversion)."""
     G = PanoHead(demo_config(**overrides))
-    params = demo_params(G, seed)
+    params = demo_params(G, seed, host_init(G, seed, t_mapping=t_mapping))
     return G, sculpt(params) if sculpted else params

@@ -59,6 +59,9 @@ class PanoHeadConfig:
     avg_camera_pivot: tuple[float, float, float] = (0.0, 0.0, 0.2)
     superresolution_noise_mode: str = "none"
     neural_rendering_resolution: int = 64
+    # widths of the SR network's 256 px and 512 px blocks: fixed at (256, 128) in the official
+    # SuperresolutionHybrid8XDC (every released checkpoint); smaller only for jaxhead's demo
+    sr_channels: tuple[int, int] = (256, 128)
 
     @property
     def num_ws(self) -> int:
@@ -71,6 +74,7 @@ class PanoHeadConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["avg_camera_pivot"] = list(self.avg_camera_pivot)
+        d["sr_channels"] = list(self.sr_channels)
         return d
 
     @classmethod
@@ -82,6 +86,8 @@ class PanoHeadConfig:
         d = dict(d)
         if "avg_camera_pivot" in d:
             d["avg_camera_pivot"] = tuple(float(v) for v in d["avg_camera_pivot"])
+        if "sr_channels" in d:
+            d["sr_channels"] = tuple(int(v) for v in d["sr_channels"])
         return cls(**d)
 
     @classmethod
@@ -151,12 +157,14 @@ class OSGDecoder(nn.Module):
 
 
 class SuperresolutionHybrid8XDC(nn.Module):
-    """rgb [N, r, r, 3] + features [N, r, r, 32] -> 512 px image (two synthesis blocks)."""
+    """rgb [N, r, r, 3] + features [N, r, r, 32] -> 512 px image (two synthesis blocks, of
+    ``widths`` channels at 256 and 512 px)."""
 
     channels: int = 32
     w_dim: int = 512
     antialias: bool = True
     conv_clamp: float | None = 256.0
+    widths: tuple[int, int] = (256, 128)
 
     @nn.compact
     def __call__(self, rgb: jax.Array, x: jax.Array, ws: jax.Array,
@@ -165,9 +173,10 @@ class SuperresolutionHybrid8XDC(nn.Module):
         if x.shape[1] != 128:
             x = resize_bilinear(x, 128, antialias=self.antialias)
             rgb = resize_bilinear(rgb, 128, antialias=self.antialias)
-        x, rgb = SynthesisBlock(self.channels, 256, self.w_dim, 256, 3, False,
+        c0, c1 = self.widths
+        x, rgb = SynthesisBlock(self.channels, c0, self.w_dim, 256, 3, False,
                                 conv_clamp=self.conv_clamp, name="block0")(x, rgb, ws, noise_mode)
-        x, rgb = SynthesisBlock(256, 128, self.w_dim, 512, 3, True,
+        x, rgb = SynthesisBlock(c0, c1, self.w_dim, 512, 3, True,
                                 conv_clamp=self.conv_clamp, name="block1")(x, rgb, ws, noise_mode)
         return rgb
 
@@ -198,7 +207,7 @@ class TriPlaneGenerator(nn.Module):
                                                   c.channel_base // 2, c.channel_max,
                                                   c.conv_clamp)
         self.superresolution = SuperresolutionHybrid8XDC(32, c.w_dim, c.sr_antialias,
-                                                         c.sr_conv_clamp)
+                                                         c.sr_conv_clamp, tuple(c.sr_channels))
         # Camera self-adaptation (z, c -> translation offset). Only touched by camera_offset,
         # so ``init`` (via __call__) leaves it out; see PanoHead.init(t_mapping=...).
         self.t_mapping = MappingNetwork(c.z_dim, c.c_dim, 3, 1, c.mapping_layers,
