@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 
 def tie_to(x: jax.Array, dep: jax.Array) -> jax.Array:
-    """``x`` unchanged, computed only after ``dep`` (any shape, floating) exists.
+    """``x`` (floating or integer) unchanged, computed only after ``dep`` (any shape, floating)
+    exists.
 
     Subtracts ``isnan(dep[0]) * 0.0``: a float product (0 or 1 times +0), which XLA does not fold
     away (it does fold integer products with zero); it is +0, never NaN, and ``x - (+0)`` is ``x``

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jaxhead import camera, losses
 from jaxhead.diffusion import add_noise, predict_x0
 from jaxhead.models import vae as vae_lib
+from jaxhead.ops import remat
 from jaxhead.ops.resize import resize_bilinear
 from jaxhead.teacher import TeacherOutput
 from jaxhead.training.controls import CONTROLS, control_image
@@ -33,13 +34,15 @@ sg = jax.lax.stop_gradient
 
 
 def maybe_remat(fn: Callable, on: bool, static: tuple[str, ...] = ()) -> Callable:
-    """``jax.checkpoint(fn)`` (keyword arguments in ``static`` treated as static) or ``fn``."""
+    """``fn`` rematerialised (:func:`jaxhead.ops.remat.checkpoint`: recomputed in the backward
+    pass, once the output's cotangent exists; keyword arguments in ``static`` treated as
+    static) or ``fn``."""
     if not on:
         return fn
 
     def wrapped(*args, **kwargs):
         st = {k: kwargs.pop(k) for k in static if k in kwargs}
-        return jax.checkpoint(lambda a, kw: fn(*a, **kw, **st))(args, kwargs)
+        return remat.checkpoint(functools.partial(fn, **st))(*args, **kwargs)
 
     return wrapped
 
