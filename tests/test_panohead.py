@@ -215,3 +215,13 @@ def test_full_released_configuration_renders():
         assert np.isfinite(np.asarray(v)).all(), k
     d = np.asarray(out["image_depth"])
     assert (d >= 2.25 - 1e-4).all() and (d <= 3.3 + 0.05).all()
+
+
+def test_sr_channels_round_trip_and_bad_values():
+    """``sr_channels`` (the demo's narrow SR) survives config.json; a bad value is named."""
+    c = PanoHeadConfig(sr_channels=(32, 16))
+    assert PanoHeadConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert PanoHeadConfig.from_dict({}).sr_channels == (256, 128)  # the official widths
+    for bad in ("wide", [64], 7):
+        with pytest.raises(ValueError, match="sr_channels must be two integers"):
+            PanoHeadConfig.from_dict({"sr_channels": bad})

@@ -87,7 +87,13 @@ class PanoHeadConfig:
         if "avg_camera_pivot" in d:
             d["avg_camera_pivot"] = tuple(float(v) for v in d["avg_camera_pivot"])
         if "sr_channels" in d:
-            d["sr_channels"] = tuple(int(v) for v in d["sr_channels"])
+            try:
+                d["sr_channels"] = tuple(int(v) for v in d["sr_channels"])
+            except (TypeError, ValueError):
+                d["sr_channels"] = ()
+            if len(d["sr_channels"]) != 2:
+                raise ValueError("PanoHead config key sr_channels must be two integers "
+                                 "(the SR widths at 256 and 512 px)")
         return cls(**d)
 
     @classmethod
