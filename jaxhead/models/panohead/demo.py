@@ -66,11 +66,11 @@ def demo_params(G: PanoHead, seed: int = 0, params: dict | None = None) -> dict:
     """
     params = host_init(G, seed) if params is None else params
     rng = np.random.default_rng(seed + 1)
-    t_map = {k: v["t_mapping"] for k, v in params.items() if "t_mapping" in v}
-    params = {k: {n: x for n, x in v.items() if n != "t_mapping"} for k, v in params.items()}
 
     def perturb(path, x):
         name = jax.tree_util.keystr(path)
+        if "['t_mapping']" in name:  # kept (and draws nothing: the other tensors' values
+            return x  #                 do not depend on whether it is there)
         x = np.asarray(x)
         if "noise_strength" in name:
             x = np.full_like(x, 0.1)
@@ -80,8 +80,7 @@ def demo_params(G: PanoHead, seed: int = 0, params: dict | None = None) -> dict:
             x = 0.5 * rng.standard_normal(x.shape).astype(np.float32)
         return jnp.asarray(x)
 
-    out = jax.tree_util.tree_map_with_path(perturb, params)
-    return {k: {**v, **({"t_mapping": t_map[k]} if k in t_map else {})} for k, v in out.items()}
+    return jax.tree_util.tree_map_with_path(perturb, params)
 
 
 def sculpt(params: dict, *, amplitude: float = 2.0, gain: float = 8.0,
