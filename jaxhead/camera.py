@@ -7,6 +7,7 @@ size (principal point 0.5). Everything is jnp and differentiable / vmappable.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -66,6 +67,14 @@ def make_camera(yaw: jax.Array, pitch: jax.Array, *, radius: float = DEFAULT_RAD
     ``yaw = pitch = 0`` is the frontal view (``h = v = pi/2``); positive yaw moves the camera
     toward +x, positive pitch moves it down, ``yaw = pi`` looks at the back of the head.
     """
+    return _make_camera(yaw, pitch, radius, lookat, fov_deg=fov_deg)
+
+
+@functools.partial(jax.jit, static_argnames="fov_deg")
+def _make_camera(yaw: jax.Array, pitch: jax.Array, radius: float | jax.Array,
+                 lookat: jax.Array | None, *, fov_deg: float) -> jax.Array:
+    """:func:`make_camera`, one compiled call (eager, its ~40 primitives would each compile on
+    first use: seconds per new batch size)."""
     c2w = lookat_cam2world(math.pi / 2 + jnp.asarray(yaw), math.pi / 2 + jnp.asarray(pitch),
                            lookat, radius)
     k = jnp.broadcast_to(fov_to_intrinsics(fov_deg).reshape(1, 9), (c2w.shape[0], 9))

@@ -1,5 +1,6 @@
 """The trainer's extension points and fixes, unit by unit (no full step compiled here)."""
 
+import json
 from types import SimpleNamespace
 
 import jax
@@ -198,3 +199,23 @@ def test_gaussian_demo_teacher_is_the_exact_gaussian_noise_prediction():
     np.testing.assert_allclose(np.asarray(z[..., 3]), np.asarray(z[..., :3].mean(-1)), atol=1e-6)
     np.testing.assert_allclose(np.asarray(vae.apply({"params": {}}, z, method=vae.decode)),
                                np.asarray(img), atol=1e-6)
+
+
+def test_metric_writer_logs_jsonl_and_tensorboard_without_importing_torch(tmp_path):
+    """Scalars go to metrics.jsonl (one line per step) and a TensorBoard event file; loading
+    tensorboardX (which imports torch when torch is installed) leaves torch unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from jaxhead.training.logging import MetricWriter; "
+            f"w = MetricWriter({str(tmp_path)!r}); w.write(1, {{'loss': 0.5}}); "
+            "w.write(2, {'loss': 0.25}); w.close(); "
+            "assert w._tb is not None, 'tensorboardX missing'; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
+    events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0

@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def _tensorboard_writer() -> type | None:
+    """tensorboardX's ``SummaryWriter``, or None when it is not installed. tensorboardX imports
+    torch whenever torch is installed (5 s and ~300 MB here, only for an ``isinstance`` of
+    images); jaxhead never needs torch at run time, so torch is hidden while tensorboardX loads."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # ``import torch`` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        return None
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -20,12 +38,9 @@ class MetricWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._f = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115
         self._tb = None
-        try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.dir / "tb"), purge_step=purge_step)
-        except ImportError:
-            pass
+        writer_cls = _tensorboard_writer()
+        if writer_cls is not None:
+            self._tb = writer_cls(str(self.dir / "tb"), purge_step=purge_step)
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         vals = {k: float(v) for k, v in scalars.items()}
