@@ -320,6 +320,7 @@ def _unet_jax(latent: int, batch: int):
 
     from benchmarks.teacher import SD15_UNET, _random_params
     from jaxhead.models import unet as unet_lib
+    from jaxhead.utils.compile import jit
 
     unet = unet_lib.UNet2DConditionModel(unet_lib.UNetConfig.from_diffusers(SD15_UNET))
     params = {"params": _random_params(unet_lib.expected_shapes(unet), jnp.float32,
@@ -328,7 +329,7 @@ def _unet_jax(latent: int, batch: int):
     x = jnp.asarray(rng.standard_normal((batch, latent, latent, 4), dtype=np.float32))
     t = jnp.full((batch,), 500)
     ctx = jnp.asarray(rng.standard_normal((batch, 77, 768), dtype=np.float32))
-    return jax.jit(unet.apply), (params, x, t, ctx)
+    return jit(unet.apply), (params, x, t, ctx)
 
 
 def _unet_torch_table(latent: int, batch: int, top: int) -> str:

@@ -1,6 +1,7 @@
 """PanoHead generator speed and memory (random weights; timing does not depend on values).
 
     python -m benchmarks.panohead [--config full|demo] [--batch 1] [--repeats 3]
+                                  [--cpu-conv eigen|ynnpack]
 
 Rows (each measured in a fresh subprocess so that peak RSS belongs to that row alone):
   forward          G.synthesis for one 512 px image (stochastic ray sampling, random noise,
@@ -8,7 +9,8 @@ Rows (each measured in a fresh subprocess so that peak RSS belongs to that row a
   forward+backward gradient of mean(image) w.r.t. backbone.synthesis + superresolution params.
 Columns: compile = lower + compile (s); time = median of --repeats calls after a warm-up (s);
 XLA temp = the compiled call's temporary buffer bytes; peak = process max RSS on CPU, device
-peak bytes in use on GPU.
+peak bytes in use on GPU. ``--cpu-conv ynnpack`` compiles with jaxlib's default
+(YNNPACK convolutions) instead of jaxhead's (``jaxhead.utils.compile``).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import jax.numpy as jnp
 from jaxhead.camera import make_camera
 from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 from jaxhead.models.panohead.demo import demo_config
+from jaxhead.utils.compile import CPU_CONV_CHOICES, compiler_options
 
 
 def _config(name: str) -> PanoHeadConfig:
     return PanoHeadConfig() if name == "full" else demo_config()
 
 
-def build(config: str, mode: str, batch: int) -> tuple:
-    """The jitted ``forward`` or ``forward+backward`` function of one row and its arguments."""
+def build(config: str, mode: str, batch: int, cpu_conv: str = "eigen") -> tuple:
+    """The jitted ``forward`` or ``forward+backward`` function of one row and its arguments
+    (compiled with :func:`jaxhead.utils.compile.compiler_options` of ``cpu_conv``)."""
     G = PanoHead(_config(config))
     params = jax.jit(G.init)(jax.random.key(0))
     z = jax.random.normal(jax.random.key(1), (batch, G.config.z_dim))
@@ -50,15 +54,17 @@ def build(config: str, mode: str, batch: int) -> tuple:
              "buffers": params["buffers"]}
         return G.synthesis(p, ws, c, noise_mode="random", rng=key, background="none")["image"]
 
+    opts = compiler_options(cpu_conv=cpu_conv)
     if mode == "forward":
-        fn = jax.jit(image)
+        fn = jax.jit(image, compiler_options=opts)
     else:
-        fn = jax.jit(jax.grad(lambda tr, ws, c, key: jnp.mean(image(tr, ws, c, key))))
+        fn = jax.jit(jax.grad(lambda tr, ws, c, key: jnp.mean(image(tr, ws, c, key))),
+                     compiler_options=opts)
     return fn, (trainable, ws, c, jax.random.key(2))
 
 
-def measure(config: str, mode: str, batch: int, repeats: int) -> dict:
-    fn, args = build(config, mode, batch)
+def measure(config: str, mode: str, batch: int, repeats: int, cpu_conv: str = "eigen") -> dict:
+    fn, args = build(config, mode, batch, cpu_conv)
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     t_compile = time.perf_counter() - t0
@@ -86,23 +92,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", default="forward,forward+backward")
+    ap.add_argument("--cpu-conv", default="eigen", choices=CPU_CONV_CHOICES,
+                    help="CPU convolutions: XLA's (jaxhead's default) or YNNPACK (jaxlib's)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._child:
-        print(json.dumps(measure(args.config, args._child, args.batch, args.repeats)))
+        print(json.dumps(measure(args.config, args._child, args.batch, args.repeats,
+                                 args.cpu_conv)))
         return 0
     rows = []
     for mode in args.modes.split(","):
         out = subprocess.run([sys.executable, "-m", "benchmarks.panohead", "--config",
                               args.config, "--batch", str(args.batch), "--repeats",
-                              str(args.repeats), "--_child", mode],
+                              str(args.repeats), "--cpu-conv", args.cpu_conv, "--_child", mode],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
             return out.returncode
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gib = 2.0 ** 30
-    print(f"PanoHead ({args.config} config, batch {args.batch}) on {rows[0]['device']}")
+    print(f"PanoHead ({args.config} config, batch {args.batch}) on {rows[0]['device']}"
+          f"{', YNNPACK convolutions' if args.cpu_conv == 'ynnpack' else ''}")
     print(f"{'mode':<18}{'compile s':>10}{'time s':>10}{'XLA temp GiB':>14}{'peak GiB':>10}")
     for r in rows:
         temp = r["xla_temp_bytes"]

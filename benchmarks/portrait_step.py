@@ -37,6 +37,7 @@ def measure(name: str, steps: int, compile_only: bool) -> dict:
     from jaxhead.training.optim import make_optimizer
     from jaxhead.training.portrait import Portrait
     from jaxhead.training.step import init_state, train_step
+    from jaxhead.utils.compile import jit
 
     tmp = Path(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -69,9 +70,9 @@ def measure(name: str, steps: int, compile_only: bool) -> dict:
     st_sh = state_shardings(c, models, frozen, opt, mesh)
     frozen = sharding.place_frozen(frozen, mesh, c)
     state = jax.device_put(state, st_sh)
-    step = jax.jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt),
-                   in_shardings=(st_sh, jax.tree.map(lambda x: x.sharding, frozen)),
-                   out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)
+    step = jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt),
+               in_shardings=(st_sh, jax.tree.map(lambda x: x.sharding, frozen)),
+               out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen).compile()
     t_compile = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """Benchmark of the SD 1.5 teacher call (UNet + ControlNet, CFG) with random weights.
 
-    python -m benchmarks.teacher [--repeats 2] [--only jax-fp32-b1,...]
+    python -m benchmarks.teacher [--repeats 2] [--only jax-fp32-b1,...] [--cpu-conv eigen|ynnpack]
 
 Each configuration runs in its own subprocess so its peak RSS (``ru_maxrss``: parameters +
 activations + compiler) is clean. Reported per configuration: compile time of the jitted
@@ -13,7 +13,8 @@ Batches (latents 64x64 = one 512 px image each; CFG doubles the UNet/ControlNet 
 The reference is diffusers' PyTorch UNet (and ControlNet + UNet) on the same CFG batch of 2
 (torch is a bench/test extra; jaxhead itself never imports it). ``pair-unet-fp32`` runs the same
 UNet (torch weights converted) in torch and JAX in one process with the calls alternated: the
-robust ratio on a shared machine.
+robust ratio on a shared machine. ``--cpu-conv ynnpack`` compiles with jaxlib's default (YNNPACK
+convolutions) instead of jaxhead's (``jaxhead.utils.compile``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def jax_worker(spec: dict) -> dict:
     from jaxhead.models import controlnet as cn_lib
     from jaxhead.models import unet as unet_lib
     from jaxhead.teacher import Teacher
+    from jaxhead.utils.compile import compiler_options
 
     dtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[spec["dtype"]]
     b, impl = spec["batch"], spec["attention"]
@@ -96,7 +98,8 @@ def jax_worker(spec: dict) -> dict:
                t=np.array([500] * b), text_emb=rng.standard_normal((b, 77, 768), np.float32),
                neg_emb=rng.standard_normal((1, 77, 768), np.float32),
                control=rng.uniform(0, 1, (b, 512, 512, 3)).astype(np.float32))
-    fn = jax.jit(teacher.eps, static_argnames=("controlnet",))
+    opts = compiler_options(cpu_conv=spec["cpu_conv"])
+    fn = jax.jit(teacher.eps, static_argnames=("controlnet",), compiler_options=opts)
     t0 = time.perf_counter()
     compiled = fn.lower(params, **inp, controlnet=names).compile()
     compile_s = time.perf_counter() - t0
@@ -113,7 +116,7 @@ def jax_worker(spec: dict) -> dict:
         ctx2 = jnp.concatenate([jnp.broadcast_to(inp["neg_emb"], inp["text_emb"].shape),
                                 inp["text_emb"]])
         t2 = np.concatenate([inp["t"]] * 2)
-        f = jax.jit(unet.apply)
+        f = jax.jit(unet.apply, compiler_options=opts)
         t0 = time.perf_counter()
         c = f.lower({"params": params["unet"]}, x2, t2, ctx2).compile()
         res["unet_compile_s"] = time.perf_counter() - t0
@@ -164,6 +167,7 @@ def pair_worker(spec: dict) -> dict:
     from diffusers import UNet2DConditionModel
 
     from jaxhead.models import unet as unet_lib
+    from jaxhead.utils.compile import compiler_options
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
@@ -177,7 +181,7 @@ def pair_worker(spec: dict) -> dict:
     t = np.array([500, 500])
     ctx = rng.standard_normal((2, 77, 768), dtype=np.float32)
     xj = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    f = jax.jit(module.apply)
+    f = jax.jit(module.apply, compiler_options=compiler_options(cpu_conv=spec["cpu_conv"]))
     t0 = time.perf_counter()
     compiled = f.lower({"params": params}, xj, t, ctx).compile()
     compile_s = time.perf_counter() - t0
@@ -198,8 +202,8 @@ def pair_worker(spec: dict) -> dict:
                 peak_rss_mb=_peak_mb())
 
 
-def run_config(name: str, repeats: int) -> dict:
-    spec = {**CONFIGS[name], "repeats": repeats}
+def run_config(name: str, repeats: int, cpu_conv: str = "eigen") -> dict:
+    spec = {**CONFIGS[name], "repeats": repeats, "cpu_conv": cpu_conv}
     env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     t0 = time.perf_counter()
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per configuration")
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(CONFIGS))
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--cpu-conv", default="eigen", choices=("eigen", "ynnpack"),
+                    help="CPU convolutions: XLA's (jaxhead's default) or YNNPACK (jaxlib's)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -251,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = run_config(name, a.repeats)
+        results[name] = run_config(name, a.repeats, a.cpu_conv)
         print(f"  {json.dumps(results[name])}", file=sys.stderr, flush=True)
     print(f"SD 1.5 teacher, random weights, CPU ({os.cpu_count()} cores); 64x64 latents; "
-          "CFG batch = 2 x B; times are the min over repeats\n")
+          f"CFG batch = 2 x B; times are the min over repeats; {a.cpu_conv} convolutions\n")
     print(table(results))
     if "pair-unet-fp32" in results and "torch_unet_call_s" in results["pair-unet-fp32"]:
         r = results["pair-unet-fp32"]

@@ -38,6 +38,7 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
     from jaxhead.training.demo import demo_models
     from jaxhead.training.optim import make_optimizer
     from jaxhead.training.step import init_state, train_step
+    from jaxhead.utils.compile import jit
     from jaxhead.utils.host_memory import release_free_host_memory
 
     c = demo.get_config() if name == "demo" else pixar.get_config()
@@ -70,9 +71,9 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
         state, frozen = jax.tree.map(spec, state, st_sh), jax.tree.map(spec, frozen, fr_sh)
     else:
         state, frozen = jax.device_put(state, st_sh), jax.device_put(frozen, fr_sh)
-    step = jax.jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt,
-                                           mesh=mesh if devices > 1 else None),
-                   in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, rep), donate_argnums=0)
+    step = jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt,
+                                       mesh=mesh if devices > 1 else None),
+               in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, rep), donate_argnums=0)
     t0 = time.perf_counter()
     compiled = step.lower(state, frozen).compile()
     t_compile = time.perf_counter() - t0

@@ -36,6 +36,7 @@ from jaxhead.inversion_data import Target, frontal_camera, list_targets, load_im
 from jaxhead.models.lpips_vgg import load_lpips_vgg
 from jaxhead.models.panohead import PanoHead, load_panohead, save_panohead
 from jaxhead.projector import Projector, ProjectorConfig, Targets
+from jaxhead.utils.compile import jit
 from jaxhead.utils.params_io import write_text_atomic
 
 PERCEPTUAL = {"vgg16_nvidia": "checkpoints/vgg16_nvidia", "lpips_vgg": "checkpoints/lpips_vgg"}
@@ -115,8 +116,8 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
     views = make_camera(jnp.array(COMPARE_YAWS), jnp.zeros(len(COMPARE_YAWS)))
     # one compiled render (the target camera + the turned views) serves the compare image and
     # the reported MSE / LPIPS (of its first view), for the projected and the tuned generator
-    render = jax.jit(lambda p, w, c: proj.render(p, w, c, jax.random.key(0)))
-    losses = jax.jit(proj.image_losses)
+    render = jit(lambda p, w, c: proj.render(p, w, c, jax.random.key(0)))
+    losses = jit(proj.image_losses)
 
     def views_and_losses(p, w1, one: Targets) -> tuple[np.ndarray, float, float]:
         cams = jnp.concatenate([one.c, views])

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxhead.errors import DataError
+from jaxhead.utils.compile import jit
 
 PANOHEAD_LEVEL = 10.0  # iso level of the raw density in gen_samples.py --shapes
 TRIM_VOXELS_AT_256 = 30  # border trimmed, in voxels of a 256 grid (scaled with N)
@@ -187,12 +188,12 @@ def generator_field(G) -> Field:
 
 @functools.lru_cache(maxsize=16)
 def _representation_fn(G, noise_mode: str):
-    return jax.jit(lambda params, ws: G.representation(params, ws, noise_mode=noise_mode))
+    return jit(lambda params, ws: G.representation(params, ws, noise_mode=noise_mode))
 
 
 @functools.lru_cache(maxsize=16)
 def _color_fn(G):
-    @jax.jit
+    @jit
     def colors(params, ws, rep, points):
         return G.point_colors(params, ws, points[None], rep=rep)[0]
 

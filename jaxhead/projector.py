@@ -40,6 +40,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxhead.camera import lookat_cam2world
 from jaxhead.models.lpips_vgg import area_downsample, vgg16_lpips_features
 from jaxhead.models.panohead import PanoHead
+from jaxhead.utils.compile import jit
 
 Params = dict[str, Any]
 
@@ -136,9 +137,9 @@ class Projector:
             G = PanoHead(dataclasses.replace(G.config, ray_start=cfg.ray_start))
         self.G, self.params, self.lpips_params, self.cfg = G, params, lpips_params, cfg
         # weights are arguments of the compiled steps (never baked in as constants)
-        self._step_jit = jax.jit(self._step, donate_argnums=2, static_argnames=("chunk", "mesh"))
-        self._step_noise_jit = jax.jit(self._step_with_noise)
-        self._pti_jit = jax.jit(self._pti_step, donate_argnums=2, static_argnames="mesh")
+        self._step_jit = jit(self._step, donate_argnums=2, static_argnames=("chunk", "mesh"))
+        self._step_noise_jit = jit(self._step_with_noise)
+        self._pti_jit = jit(self._pti_step, donate_argnums=2, static_argnames="mesh")
 
     def step(self, state: ProjState, tgt: Targets, stats: Stats, key: jax.Array,
              chunk: int | None = None, mesh: Mesh | None = None
@@ -173,7 +174,7 @@ class Projector:
         """``w_avg``, ``w_std`` and the mean z over ``w_avg_samples`` official z draws."""
         cfg, G = self.cfg, self.G
         z = np.random.RandomState(cfg.w_avg_seed).randn(cfg.w_avg_samples, G.z_dim)
-        mapping = jax.jit(lambda p, zz, c: G.mapping(p, zz, c)[:, 0])
+        mapping = jit(lambda p, zz, c: G.mapping(p, zz, c)[:, 0])
         c = stats_camera()
         ws = np.concatenate([np.asarray(mapping(self.params, jnp.asarray(z[i:i + chunk],
                                                                           jnp.float32),
@@ -199,7 +200,7 @@ class Projector:
 
     def targets(self, images: jax.Array, c: jax.Array, stats: Stats) -> Targets:
         """Targets from images ``[B, 512, 512, 3]`` in [-1, 1] and their cameras ``[B, 25]``."""
-        feats = jax.jit(self.features)(self.lpips_params, images)
+        feats = jit(self.features)(self.lpips_params, images)
         return Targets(images, feats, self.corrected_cameras(c, stats))
 
     def init(self, stats: Stats, batch: int) -> ProjState:

@@ -32,6 +32,7 @@ from jaxhead.camera import make_camera
 from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
 from jaxhead.generators import Generator3D, load_generator
 from jaxhead.latents import check_fit, load_ws
+from jaxhead.utils.compile import jit
 
 SHEET_VIEWS = 8
 
@@ -65,7 +66,7 @@ def make_renderer(G: Generator3D, *, noise_mode: str, background: str):
     """jitted ``(params, planes [B, ...], ws [B, ...], c [B, 25]) -> (image, depth, acc)``;
     one per (generator configuration, mode), so later calls in a process reuse its compilation."""
 
-    @jax.jit
+    @jit
     def render(params, planes, ws, c):
         out = G.render(params, ws, c, planes, noise_mode=noise_mode,
                           deterministic=True, background=background)
@@ -74,13 +75,25 @@ def make_renderer(G: Generator3D, *, noise_mode: str, background: str):
     return render
 
 
+@functools.lru_cache(maxsize=8)
+def make_representation(G: Generator3D, *, noise_mode: str):
+    """jitted ``(params, ws [B, num_ws, w_dim]) -> planes``: eager, the backbone would run op
+    by op, compiling each primitive on its first use (16 s for the tiny demo generator)."""
+    return jit(functools.partial(G.representation, noise_mode=noise_mode))
+
+
+@functools.lru_cache(maxsize=8)
+def _mapping_fn(G: Generator3D, psi: float, cutoff: int):
+    return jit(functools.partial(G.mapping, truncation_psi=psi, truncation_cutoff=cutoff))
+
+
 def seed_ws(G: Generator3D, params, seed: int, *, psi: float, cutoff: int) -> jax.Array:
     """The ws of a seed as rendered here: ``RandomState(seed)`` z through the mapping with the
     frontal conditioning camera and truncation ``psi`` up to ``cutoff`` -> ``[1, num_ws, w_dim]``
     (save it with :func:`jaxhead.latents.save_ws` and ``--ws`` renders the same identity)."""
     z = jnp.asarray(seed_to_z(seed, G.z_dim))
     c_cond = make_camera(jnp.zeros(1), jnp.zeros(1), radius=G.camera_radius)
-    return G.mapping(params, z, c_cond, truncation_psi=psi, truncation_cutoff=cutoff)
+    return _mapping_fn(G, float(psi), int(cutoff))(params, z, c_cond)
 
 
 def render_identity(G: Generator3D, params, ws: jax.Array, *, frames: int, batch: int,
@@ -88,7 +101,7 @@ def render_identity(G: Generator3D, params, ws: jax.Array, *, frames: int, batch
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One identity ``ws [1, num_ws, w_dim]`` around 360 degrees -> (turntable frames uint8
     ``[F, S, S, 3]``, depth ``[F, r, r, 1]``, acc ``[F, r, r, 1]``)."""
-    planes = G.representation(params, ws, noise_mode=noise_mode)
+    planes = make_representation(G, noise_mode=noise_mode)(params, ws)
     yaws = np.arange(frames, dtype=np.float32) * (2 * math.pi / frames)
     imgs, depths, accs = [], [], []
     for s in range(0, frames, batch):

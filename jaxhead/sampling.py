@@ -20,6 +20,7 @@ step on the CFG batch ``[negative (B); prompt (B)]``, ControlNets on their sampl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from jaxhead.errors import DataError, MissingWeightsError
 from jaxhead.models import clip_text
 from jaxhead.models import vae as vae_lib
 from jaxhead.teacher import ControlNetAssignment, Teacher, load_teacher
+from jaxhead.utils.compile import jit
 from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE
 
 Array = jax.Array
@@ -263,7 +265,13 @@ def _sample(sd: StableDiffusion, params: Any, noise: Noise, text_emb: Array, neg
 
 
 _STATIC = ("sd", "num_steps", "start_index", "eta", "controlnet", "decode", "progress")
-_sample_jit = jax.jit(_sample, static_argnames=_STATIC)
+
+
+@functools.cache
+def _sample_jit():
+    """The jitted :func:`_sample` (built at first use: :func:`jaxhead.utils.compile.jit` asks
+    JAX for its backend)."""
+    return jit(_sample, static_argnames=_STATIC)
 
 
 def sample(sd: StableDiffusion, params: Any, noise: Noise, text_emb: Array, neg_emb: Array, *,
@@ -303,7 +311,7 @@ def sample(sd: StableDiffusion, params: Any, noise: Noise, text_emb: Array, neg_
         raise ValueError("start_index > 0 needs an image (SDEdit)")
     if isinstance(controlnet, list):
         controlnet = tuple(controlnet)
-    return _sample_jit(sd, params, noise, text_emb, neg_emb, image, control,
+    return _sample_jit()(sd, params, noise, text_emb, neg_emb, image, control,
                        jnp.asarray(control_scale, jnp.float32),
                        jnp.asarray(guidance_scale, jnp.float32), num_steps=num_steps,
                        start_index=start_index, eta=float(eta), controlnet=controlnet,

@@ -35,6 +35,7 @@ from jaxhead.models import controlnet as controlnet_lib
 from jaxhead.models import unet as unet_lib
 from jaxhead.models.controlnet import ControlNetModel
 from jaxhead.models.unet import UNet2DConditionModel, skip_shapes
+from jaxhead.utils.compile import jit
 
 Array = jax.Array
 ControlNetAssignment = str | Sequence[str | None] | None
@@ -145,7 +146,7 @@ class Teacher:
     def jit_eps(self) -> Any:
         """``jax.jit(self.eps)`` with ``controlnet`` static (compiled once per assignment and
         input shapes)."""
-        return jax.jit(self.eps, static_argnames=("controlnet",))
+        return jit(self.eps, static_argnames=("controlnet",))
 
 
 def load_teacher(root: str | os.PathLike, *,

@@ -35,6 +35,7 @@ from jaxhead.training.step import init_state, train_step
 from jaxhead.training.style_bank import needs_style_bank
 from jaxhead.training.terms import enabled_terms
 from jaxhead.training.workdir import check_resume, truncate_metrics
+from jaxhead.utils.compile import jit
 from jaxhead.utils.host_memory import release_free_host_memory
 
 
@@ -105,7 +106,7 @@ def build(config, perceptual_fn: Any = None, workdir: str | os.PathLike | None =
         return train_step(state, frozen_params, models=models, config=config,
                           optimizer=optimizer, mesh=step_mesh, perceptual_fn=perceptual_fn)
 
-    step = jax.jit(fn, in_shardings=(st_sh, fr_sh),
+    step = jit(fn, in_shardings=(st_sh, fr_sh),
                    out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)
     return Built(models, frozen, init, step, mesh, config)
 
@@ -248,7 +249,7 @@ def demo_restyle(models: Models, config, frozen, trainable) -> tuple[np.ndarray,
     G = models.G
     z = jax.random.normal(jax.random.key(config.seed + 12345),  # the preview identities
                           (config.preview_identities, G.z_dim))
-    fn = jax.jit(lambda tr, fr: head_colours(G, fr, merge(fr, tr),
+    fn = jit(lambda tr, fr: head_colours(G, fr, merge(fr, tr),
                                              conditioning_ws(G, config, fr, z)))
     before, after = fetch_global(fn(trainable, frozen["generator"]))
     return np.asarray(before), np.asarray(after)

@@ -217,3 +217,44 @@ def test_tie_to_keeps_values_and_survives_xla():
         assert np.signbit(got[1])  # -0.0 + 0.0 would be +0.0: the zero added is exact
     hlo = jax.jit(lambda a, b: tie_to(a, b) * 2).lower(w, jnp.ones(3)).compile().as_text()
     assert "compare" in hlo
+
+
+def test_compile_options_route_cpu_convolutions_to_xla_and_keep_values():
+    """jaxhead's CPU programs keep YNNPACK for dots only: a convolution compiled with
+    ``jaxhead.utils.compile.jit`` is not a YNNPACK fusion, gives jaxlib's default values, and
+    off CPU / for "ynnpack" no option is set."""
+    from jaxhead.utils import compile as compile_lib
+
+    assert compile_lib.compiler_options("gpu") == {}
+    assert compile_lib.compiler_options("cpu", "ynnpack") == {}
+    with pytest.raises(ValueError, match="cpu_conv"):
+        compile_lib.compiler_options("cpu", "mkl")
+    opts = compile_lib.compiler_options("cpu")
+    assert opts, "this jaxlib rejected the option: jaxhead compiles with its defaults"
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    rng = np.random.default_rng(0)
+    # 32 -> 32 channels: jaxlib 0.10's default hands this convolution to YNNPACK
+    x = jnp.asarray(rng.standard_normal((1, 8, 8, 32), np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 3, 32, 32), np.float32))
+    ours = compile_lib.jit(conv).lower(x, w).compile()
+    hlo = ours.as_text()
+    assert "convolution(" in hlo and "ynn_fusion" not in hlo
+    np.testing.assert_allclose(np.asarray(ours(x, w)), np.asarray(jax.jit(conv)(x, w)),
+                               rtol=1e-5, atol=1e-5)
+    # called under another trace it is a plain nested jit (JAX refuses options there)
+    inner = compile_lib.jit(conv)
+    out = jax.jit(lambda x, w: inner(x, w) + 1)(x, w)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(inner(x, w)) + 1, rtol=1e-5, atol=1e-5)
+    # programs over several devices keep jaxlib's defaults (XLA's convolutions gave run-to-run
+    # different sharded train steps with 4 host devices)
+    assert not compile_lib._plain_needed((x, w), {})
+    if jax.device_count() >= 2:
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+        xs = jax.device_put(jnp.concatenate([x, x]), jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec("data")))
+        assert compile_lib._plain_needed((xs, w), {})
+        assert compile_lib._plain_needed((x,), {"mesh": mesh})

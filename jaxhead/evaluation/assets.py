@@ -19,6 +19,7 @@ from jaxhead.camera import make_camera
 from jaxhead.errors import DataError, MissingWeightsError, UsageError
 from jaxhead.evaluation.cache import array_digest, content_key, directory_digest
 from jaxhead.generators import Generator3D, load_generator
+from jaxhead.utils.compile import jit
 
 STYLES = ("pixar", "statue", "joker", "sketch", "werewolf", "zombie")
 METRICS = ("fid", "kid", "clip", "clip_score", "id", "depth", "diversity")
@@ -240,7 +241,7 @@ def load_identities(config, ref: LoadedGenerator) -> list[Identity]:
     want = tuple(probe.shape)
     seeds = parse_identity_seeds(config.identities)
     if seeds is not None:
-        mapping = jax.jit(lambda p, z, c: G.mapping(p, z, c, config.truncation_psi,
+        mapping = jit(lambda p, z, c: G.mapping(p, z, c, config.truncation_psi,
                                                     config.truncation_cutoff))
         c = make_camera(jnp.full((1,), config.cond_yaw), jnp.full((1,), config.cond_pitch),
                         radius=G.camera_radius)

@@ -26,7 +26,8 @@ from jaxhead.evaluation.assets import Identity, LoadedGenerator
 from jaxhead.evaluation.cache import Cache, array_digest, content_key
 from jaxhead.metrics.clip import image_embeds
 from jaxhead.metrics.identity import face_embeddings
-from jaxhead.render import make_renderer, to_uint8
+from jaxhead.render import make_renderer, make_representation, to_uint8
+from jaxhead.utils.compile import jit
 
 RENDER_VERSION = 1  # bump when the render path changes what it produces
 EDIT_VERSION = 1
@@ -49,8 +50,8 @@ def render_key(gen: LoadedGenerator, ident: Identity, config) -> str:
 def _render_fns(G: Any, noise_mode: str, background: str) -> tuple[Any, Any]:
     """Jitted (representation, render) of a generator configuration, shared by every
     generator of that configuration (their params differ only in value: one compile)."""
-    rep = jax.jit(functools.partial(G.representation, noise_mode=noise_mode))
-    return rep, make_renderer(G, noise_mode=noise_mode, background=background)
+    return (make_representation(G, noise_mode=noise_mode),
+            make_renderer(G, noise_mode=noise_mode, background=background))
 
 
 def render_set(gen: LoadedGenerator, identities: Sequence[Identity], config, cache: Cache,
@@ -171,7 +172,7 @@ def _batched(fn, arrays: Sequence[np.ndarray], batch: int) -> np.ndarray:
 
 @functools.cache
 def _jit(fn):
-    return jax.jit(fn)
+    return jit(fn)
 
 
 def _clip_embed(params, images):

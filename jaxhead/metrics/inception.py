@@ -26,6 +26,7 @@ for the logits (Inception Score) although the features stop before it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,7 @@ import numpy as np
 from jax import lax
 
 from jaxhead.ops.resize import resize_bilinear
+from jaxhead.utils.compile import jit
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -281,7 +283,9 @@ def logits(params: Params, features: Array) -> Array:
     return features @ params["fc"]["weight"] + params["fc"]["bias"]
 
 
-_features_jit: Callable = jax.jit(inception_features, static_argnames=("resize",))
+@functools.cache
+def _features_jit() -> Callable:
+    return jit(inception_features, static_argnames=("resize",))
 
 
 def features_in_batches(params: Params, images, *, batch_size: int = 50,
@@ -297,7 +301,7 @@ def features_in_batches(params: Params, images, *, batch_size: int = 50,
         if k < batch_size:
             pad = np.zeros((batch_size - k, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, pad])
-        out.append(np.asarray(_features_jit(params, batch, resize=resize))[:k])
+        out.append(np.asarray(_features_jit()(params, batch, resize=resize))[:k])
     return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 

@@ -32,6 +32,7 @@ from jaxhead.training.models import (
     uses_depth_model,
     uses_lpips,
 )
+from jaxhead.utils.compile import jit
 
 DEMO_UNET = dict(block_out_channels=(32, 64), down_block_types=("DownBlock2D",
                  "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -173,6 +174,6 @@ def gaussian_teacher(vae_mod: Any, vae_params: Any, alphas: np.ndarray,
                      image_size: int) -> tuple[GaussianTeacher, dict[str, Any]]:
     """The analytic demo teacher, its target the VAE encoding of the palette image."""
     img = jnp.asarray(palette_image(image_size))[None]
-    mu = jax.jit(lambda p, x: encode_latents(vae_mod, p, x))(vae_params, img)
+    mu = jit(lambda p, x: encode_latents(vae_mod, p, x))(vae_params, img)
     return GaussianTeacher(alphas), {"mu": mu}
 

@@ -48,6 +48,7 @@ from jaxhead.training import reference
 from jaxhead.training.sampling import sample_cameras
 from jaxhead.training.terms import register_term
 from jaxhead.training.views import maybe_remat
+from jaxhead.utils.compile import jit
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -218,7 +219,7 @@ class Portrait:
         size = render_size(G, p.render_output)
         ref_img = jnp.asarray(reference.reference_image(ref, size))[None]
 
-        @jax.jit
+        @jit
         def guide(gp, clip_params, w, cam, ref_img):
             out = G.synthesis(gp, w, cam, noise_mode="const", deterministic=True,
                               background=p.background,

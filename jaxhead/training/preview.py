@@ -18,6 +18,7 @@ from jaxhead.training.controls import renderer_depth_control
 from jaxhead.training.models import Models
 from jaxhead.training.optim import merge
 from jaxhead.training.sampling import conditioning_ws
+from jaxhead.utils.compile import jit
 
 PREVIEW_YAWS = (0.0, math.pi / 2, math.pi)  # front, side, back
 GRID_YAWS = (0.0, math.pi / 2, math.pi, -math.pi / 2)
@@ -56,7 +57,7 @@ def make_preview_fn(models: Models, config, num_ids: int, seed: int,
         return G.render(params, ws, cams, rep, noise_mode="const", deterministic=True,
                         background="white", **kw)
 
-    @jax.jit
+    @jit
     def preview(trainable: Any, frozen: Any) -> dict[str, jax.Array]:
         fparams = frozen["generator"]
         params = merge(fparams, trainable)

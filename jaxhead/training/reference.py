@@ -34,6 +34,7 @@ import numpy as np
 from jaxhead.errors import DataError, UsageError
 from jaxhead.inversion_data import LAYOUT, frontal_camera, list_targets, load_image
 from jaxhead.latents import check_fit, read_ws
+from jaxhead.utils.compile import jit
 
 CACHE_FILE = "reference_w.npz"
 
@@ -148,7 +149,7 @@ def invert(G: Any, params: Any, lpips_params: Any, ref: Reference, config, *,
     stats = proj.w_stats()
     image = jnp.asarray(reference_image(ref, size))[None]
     cam = jnp.asarray(corrected_camera(G, params, ref.camera))
-    tgt = Targets(image, jax.jit(proj.features)(lpips_params, image), cam)
+    tgt = Targets(image, jit(proj.features)(lpips_params, image), cam)
     state = proj.init(stats, 1)
     key = jax.random.key(int(config.seed))
     with tqdm(total=cfg.num_steps, desc="invert the reference", unit="step",

@@ -33,6 +33,7 @@ import ml_collections
 
 from jaxhead import losses
 from jaxhead.training.sampling import conditioning_ws
+from jaxhead.utils.compile import jit
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
@@ -71,7 +72,7 @@ class Ldis:
         z0 = jax.random.normal(jax.random.fold_in(root, -1 & 0x7FFFFFFF),
                                (c.batch_size, G.z_dim))
 
-        @jax.jit
+        @jit
         def first(gp, z, key):
             ws = conditioning_ws(G, c, gp, z)
             return G.representation(gp, ws, noise_mode=c.noise_mode, rng=key)
