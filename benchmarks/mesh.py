@@ -40,7 +40,7 @@ def measure(config: str, res: int, chunk: int, colors: bool) -> dict:
     params = sculpt(demo_params(G, 0))  # host-drawn random weights + a closed blob
     ws = seed_ws(G, params, 0, psi=0.7, cutoff=14)
     t0 = time.perf_counter()
-    rep = jax.block_until_ready(M._representation_fn(G, "const")(params, ws))
+    rep = jax.block_until_ready(M.representation_fn(G, "const")(params, ws))
     t_planes = time.perf_counter() - t0
     field = M.generator_field(G)
     args = {"params": params, "ws": ws, "rep": rep}

@@ -187,7 +187,10 @@ def generator_field(G) -> Field:
 
 
 @functools.lru_cache(maxsize=16)
-def _representation_fn(G, noise_mode: str):
+def representation_fn(G, noise_mode: str):
+    """jitted ``(params, ws [B, num_ws, w_dim]) -> G's representation`` (one per generator
+    configuration and noise mode; shared by meshes, turntables and the evaluation renders).
+    Eager, the backbone would run op by op, compiling each primitive on its first use."""
     return jit(lambda params, ws: G.representation(params, ws, noise_mode=noise_mode))
 
 
@@ -224,7 +227,7 @@ def generator_mesh(G, params, ws: jax.Array, *, resolution: int = 256,
     (:func:`marching_cubes`), and with ``colors`` the generator's colour at the vertices."""
     if ws.shape[0] != 1:
         raise ValueError(f"one identity at a time: ws [1, num_ws, w_dim], got {ws.shape}")
-    rep = _representation_fn(G, noise_mode)(params, ws)
+    rep = representation_fn(G, noise_mode)(params, ws)
     grid = density_grid(generator_field(G), {"params": params, "ws": ws, "rep": rep},
                         resolution=resolution, box_size=G.box_size, chunk=chunk,
                         progress=progress)

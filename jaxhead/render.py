@@ -76,13 +76,6 @@ def make_renderer(G: Generator3D, *, noise_mode: str, background: str):
 
 
 @functools.lru_cache(maxsize=8)
-def make_representation(G: Generator3D, *, noise_mode: str):
-    """jitted ``(params, ws [B, num_ws, w_dim]) -> planes``: eager, the backbone would run op
-    by op, compiling each primitive on its first use (16 s for the tiny demo generator)."""
-    return jit(functools.partial(G.representation, noise_mode=noise_mode))
-
-
-@functools.lru_cache(maxsize=8)
 def _mapping_fn(G: Generator3D, psi: float, cutoff: int):
     return jit(functools.partial(G.mapping, truncation_psi=psi, truncation_cutoff=cutoff))
 
@@ -101,7 +94,7 @@ def render_identity(G: Generator3D, params, ws: jax.Array, *, frames: int, batch
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One identity ``ws [1, num_ws, w_dim]`` around 360 degrees -> (turntable frames uint8
     ``[F, S, S, 3]``, depth ``[F, r, r, 1]``, acc ``[F, r, r, 1]``)."""
-    planes = make_representation(G, noise_mode=noise_mode)(params, ws)
+    planes = mesh_lib.representation_fn(G, noise_mode)(params, ws)
     yaws = np.arange(frames, dtype=np.float32) * (2 * math.pi / frames)
     imgs, depths, accs = [], [], []
     for s in range(0, frames, batch):

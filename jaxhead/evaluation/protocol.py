@@ -24,9 +24,10 @@ from jaxhead import sampling
 from jaxhead.camera import make_camera
 from jaxhead.evaluation.assets import Identity, LoadedGenerator
 from jaxhead.evaluation.cache import Cache, array_digest, content_key
+from jaxhead.mesh import representation_fn
 from jaxhead.metrics.clip import image_embeds
 from jaxhead.metrics.identity import face_embeddings
-from jaxhead.render import make_renderer, make_representation, to_uint8
+from jaxhead.render import make_renderer, to_uint8
 from jaxhead.utils.compile import jit
 
 RENDER_VERSION = 1  # bump when the render path changes what it produces
@@ -50,7 +51,7 @@ def render_key(gen: LoadedGenerator, ident: Identity, config) -> str:
 def _render_fns(G: Any, noise_mode: str, background: str) -> tuple[Any, Any]:
     """Jitted (representation, render) of a generator configuration, shared by every
     generator of that configuration (their params differ only in value: one compile)."""
-    return (make_representation(G, noise_mode=noise_mode),
+    return (representation_fn(G, noise_mode),
             make_renderer(G, noise_mode=noise_mode, background=background))
 
 
