@@ -123,6 +123,51 @@ def test_conv_custom_weight_gradient_matches_xla():
 
 
 
+@pytest.mark.parametrize("tile_elems", [1, 2000, 1 << 20])
+@pytest.mark.parametrize("w_shape, pad", [((3, 3, 5, 4), ((1, 1), (1, 1))),
+                                          ((2, 2, 5, 4), ((1, 1), (1, 1))),
+                                          ((2, 1, 5, 4), ((1, 1), (0, 0)))])
+def test_weight_gradient_forms_match_xla(monkeypatch, tile_elems, w_shape, pad):
+    """Per-tap GEMMs and row-tiled im2col GEMMs give XLA's weight gradient: tiles of one row,
+    of 3 rows (3x3: 8 output rows, last tile padded) or 6 (2x2: 9 rows), or all rows."""
+    import jax
+
+    from jaxhead.ops import upfirdn
+
+    monkeypatch.setattr(upfirdn, "_WGRAD_TILE_ELEMS", tile_elems)
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 8, 7, 5)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=w_shape).astype(np.float32))
+    dy = jnp.asarray(rng.normal(size=upfirdn._conv(x, w, pad).shape).astype(np.float32))
+    ref = jax.vjp(lambda b: upfirdn._conv(x, b, pad), w)[1](dy)[0]
+    (pt, pb), (pl, pr) = pad
+    xt = jnp.transpose(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), (3, 0, 1, 2))
+    for form in (upfirdn._wgrad_rows, upfirdn._wgrad_taps):
+        got = form(xt, dy, w_shape[0], w_shape[1])
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-4)
+
+
+def test_conv_weight_gradient_of_a_large_image_takes_the_row_tiles(monkeypatch):
+    """Many pixels and few channels go through the im2col tiles, and still equal XLA's."""
+    import jax
+
+    from jaxhead.ops import upfirdn
+
+    calls = []
+    rows = upfirdn._wgrad_rows
+    monkeypatch.setattr(upfirdn, "_wgrad_rows", lambda *a: calls.append(1) or rows(*a))
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(1, 256, 256, 2)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 3)).astype(np.float32))
+    pad = ((1, 1), (1, 1))
+    dy = jnp.asarray(rng.normal(size=(1, 256, 256, 3)).astype(np.float32))
+    got = jax.vjp(lambda b: upfirdn.conv2d_general(x, b, pad), w)[1](dy)[0]
+    ref = jax.vjp(lambda b: upfirdn._conv(x, b, pad), w)[1](dy)[0]
+    assert calls
+    scale = float(np.abs(np.asarray(ref)).max())
+    assert float(np.abs(np.asarray(got) - np.asarray(ref)).max()) <= 1e-5 * scale
+
+
 def test_grid_sample_gather_vjp_matches_autodiff_of_the_plain_sum():
     """The trilinear gather's own VJP (one scatter buffer for all 8 corners, repeated
     indices included) gives autodiff's gradients of the plain weighted sum, w.r.t. the

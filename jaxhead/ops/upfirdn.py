@@ -115,31 +115,76 @@ def _conv_fwd(x, w, pad):
     return _conv(x, w, pad), (x, w)
 
 
+# Weight-gradient tiles of the im2col form hold about this many float32 elements (4 MB: they
+# stay in cache between the copy and the GEMM).
+_WGRAD_TILE_ELEMS = 1 << 20
+
+
+def _wgrad_taps(xt: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
+    """``[kh, kw, I, O]`` weight gradient as one ``[I, P] x [P, O]`` GEMM per tap.
+
+    ``xt``: the padded input, channel-major ``[I, N, Hp, Wp]``; ``dy``: ``[N, H, W, O]``. A
+    loop, so that only one shifted window of the input is live at a time.
+    """
+    ci = xt.shape[0]
+    n, h, wd, o = dy.shape
+    dy2 = dy.reshape(n * h * wd, o)
+
+    def tap(k, dw):
+        a, b = k // kw, k % kw
+        win = jax.lax.dynamic_slice(xt, (0, 0, a, b), (ci, n, h, wd)).reshape(ci, n * h * wd)
+        g = jnp.matmul(win, dy2, precision=jax.lax.Precision.HIGHEST,
+                       preferred_element_type=jnp.float32)  # [I, O]
+        return jax.lax.dynamic_update_slice(dw, g[None, None], (a, b, 0, 0))
+
+    return jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros((kh, kw, ci, o), jnp.float32))
+
+
+def _wgrad_rows(xt: jax.Array, dy: jax.Array, kh: int, kw: int) -> jax.Array:
+    """``[kh, kw, I, O]`` weight gradient as im2col GEMMs over tiles of output rows.
+
+    Each tile of ``t`` rows stacks its ``kh * kw`` shifted windows into a ``[kh*kw*I, t*W]``
+    operand (about ``_WGRAD_TILE_ELEMS`` elements) and adds ``operand @ dy_tile`` to the
+    result. For few channels this GEMM shape runs near peak where the per-tap ``[I, P] x
+    [P, O]`` GEMMs do not (3x3, 128 ch at 512 px: 1.04 -> 0.62 s; docs/performance.md).
+    ``xt`` must hold ``kh - 1`` padded rows beyond the last tile.
+    """
+    ci = xt.shape[0]
+    n, h, wd, o = dy.shape
+    taps = kh * kw
+    t = max(1, min(h, _WGRAD_TILE_ELEMS // (taps * ci * n * wd)))
+    tiles = -(-h // t)
+    dy = jnp.pad(dy, ((0, 0), (0, tiles * t - h), (0, 0), (0, 0)))  # zero rows add nothing
+    xt = jnp.pad(xt, ((0, 0), (0, 0), (0, tiles * t + kh - 1 - xt.shape[2]), (0, 0)))
+
+    def tile(j, acc):
+        rows = jax.lax.dynamic_slice_in_dim(xt, j * t, t + kh - 1, axis=2)
+        cols = jnp.stack([rows[:, :, a:a + t, b:b + wd] for a in range(kh) for b in range(kw)])
+        d = jax.lax.dynamic_slice_in_dim(dy, j * t, t, axis=1).reshape(n * t * wd, o)
+        return acc + jnp.matmul(cols.reshape(taps * ci, n * t * wd), d,
+                                precision=jax.lax.Precision.HIGHEST,
+                                preferred_element_type=jnp.float32)
+
+    acc = jax.lax.fori_loop(0, tiles, tile, jnp.zeros((taps * ci, o), jnp.float32))
+    return acc.reshape(kh, kw, ci, o)
+
+
 def _conv_bwd(pad, res, dy):
     x, w = res
     kh, kw = w.shape[0], w.shape[1]
     (pt, pb), (pl, pr) = pad
     # Input gradient: XLA's own (a correlation with the flipped kernel; fast everywhere).
     dx = jax.vjp(lambda xx: _conv(xx, w, pad), x)[1](dy)[0]
-    # Weight gradient as kh*kw GEMMs over shifted input windows, one window at a time (a loop,
-    # so that only one shifted copy of the input is live). XLA:CPU's backprop-filter
-    # convolution is several times slower than this. The padded input is made channel-major
-    # once, so that each window is an [I, N*H*W] operand of a plain GEMM: contracting the
-    # pixel axis of NHWC windows made XLA transpose every window (3x3, 128 ch at 512 px:
-    # 1.84 -> 1.01 s; XLA's own 3.0 s).
+    # Weight gradient as GEMMs over shifted input windows (XLA:CPU's backprop-filter
+    # convolution is slower). The padded input is made channel-major once, so that windows are
+    # [I, pixels] GEMM operands without a transpose each (3x3, 128 ch at 512 px: 1.84 -> 1.01 s).
+    # Many pixels and few channels: im2col tiles; otherwise one GEMM per tap.
     xt = jnp.transpose(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), (3, 0, 1, 2))
-    n, h, wd, o = dy.shape
-    ci = x.shape[-1]
-    dy2 = dy.reshape(n * h * wd, o)
-    hp = jax.lax.Precision.HIGHEST
-
-    def tap(k, dw):
-        a, b = k // kw, k % kw
-        win = jax.lax.dynamic_slice(xt, (0, 0, a, b), (ci, n, h, wd)).reshape(ci, n * h * wd)
-        g = jnp.matmul(win, dy2, precision=hp)  # [I, O]
-        return jax.lax.dynamic_update_slice(dw, g[None, None].astype(dw.dtype), (a, b, 0, 0))
-
-    dw = jax.lax.fori_loop(0, kh * kw, tap, jnp.zeros(w.shape, jnp.float32))
+    n, h, wd, _ = dy.shape
+    if x.shape[-1] <= 256 and n * h * wd >= 65536:
+        dw = _wgrad_rows(xt, dy, kh, kw)
+    else:
+        dw = _wgrad_taps(xt, dy, kh, kw)
     return dx, dw.astype(w.dtype)
 
 
