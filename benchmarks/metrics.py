@@ -5,19 +5,20 @@ IR-SE50), and the FID/KID math.
     python -m benchmarks.metrics [--repeats 3] [--only jax-b8,torch-b8,...] [--json out.json]
 
 Each configuration runs in its own subprocess so its peak RSS (``ru_maxrss``: weights +
-activations + compiler) is its own. Inception rows: full-size network (23.9 M parameters) on a
-batch of 299 px images (no resize), fp32; JAX = ``jax.jit(inception_features)``, compile =
-lower + compile; torch = the plain-torch reference of tests/inception_testlib.py (pytorch-fid's
+activations + compiler) is its own. JAX programs are compiled as jaxhead compiles them
+(``jaxhead.utils.compile.jit``). Inception rows: full-size network (23.9 M parameters) on a
+batch of 299 px images (no resize), fp32; JAX = ``jit(inception_features)``, compile = lower +
+compile; torch = the plain-torch reference of tests/inception_testlib.py (pytorch-fid's
 network; torch is a test/bench extra), "compile" = its first (warm-up) call. CLIP rows: the
 whole CLIPModel's weights in memory (both towers), image embeddings of a batch of preprocessed
 224 px pixel values (image tower + ``visual_projection``), fp32; JAX =
-``jax.jit(pixel_embeds)``, torch = transformers' ``CLIPModel`` (its own random init).
+``jit(pixel_embeds)``, torch = transformers' ``CLIPModel`` (its own random init).
 s/batch = median of --repeats calls after one warm-up call. ``fid-kid`` row: ``fid`` and
 ``kid`` (defaults: 100 subsets of 1000) on two sets of 2000 random 2048-d features.
 ``pair-b8`` / ``clip-b32-pair`` run both frameworks in one process on the same weights with
 the calls alternated: the robust ratio on a shared machine. ArcFace rows: full-size networks
 on a batch of aligned 112 px faces in [-1, 1] (the network only; the crop is not timed), fp32;
-``arcface-*`` is insightface's iresnet50 (43.6 M parameters), JAX = ``jax.jit(embed)`` against
+``arcface-*`` is insightface's iresnet50 (43.6 M parameters), JAX = ``jit(embed)`` against
 onnxruntime (CPU provider, all cores) running a random-weight iresnet50 exported by
 ``torch.onnx.export`` (the plain-torch reference of tests/arcface_testlib.py, exported once per
 run in its own process, as insightface's ``w600k_r50.onnx`` was); ``irse-*`` is the IR-SE50
@@ -88,21 +89,49 @@ def _timed(call, repeats: int) -> tuple[float, list[float]]:
     return first, times
 
 
+def _jax_row(fn, params, x, repeats: int) -> dict:
+    """Compile ``fn(params, x)`` as jaxhead does (``jaxhead.utils.compile.jit``) and time it."""
+    import jax
+
+    from jaxhead.utils.compile import jit
+
+    t0 = time.perf_counter()
+    compiled = jit(fn).lower(params, x).compile()
+    compile_s = time.perf_counter() - t0
+    _, times = _timed(lambda: jax.block_until_ready(compiled(params, x)), repeats)
+    assert np.isfinite(np.asarray(compiled(params, x))).all()
+    return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
+                peak_rss_mb=_peak_mb())
+
+
+def _paired_row(fn, params, x, ref, ref_input, repeats: int) -> dict:
+    """``fn(params, x)`` (compiled as jaxhead does) against ``ref(ref_input)`` (a NumPy
+    result), in one process with the calls alternated; the first round is a warm-up."""
+    from jaxhead.utils.compile import jit
+
+    compiled = jit(fn).lower(params, x).compile()
+    tj, tt = [], []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        r = ref(ref_input)
+        tt.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = np.asarray(compiled(params, x))
+        tj.append(time.perf_counter() - t0)
+    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
+    err = float(np.abs(out - r).max())
+    return dict(call_s=statistics.median(tj[1:]), torch_call_s=statistics.median(tt[1:]),
+                ratios=ratios, max_abs_err=err, rel_err=err / float(np.abs(r).max()),
+                peak_rss_mb=_peak_mb())
+
+
 def jax_worker(spec: dict) -> dict:
     import jax
 
     from jaxhead.metrics import inception as inc
 
     params = inc.random_params(jax.random.key(0))
-    x = _images(spec["batch"])
-    fn = jax.jit(inc.inception_features)
-    t0 = time.perf_counter()
-    compiled = fn.lower(params, x).compile()
-    compile_s = time.perf_counter() - t0
-    _, times = _timed(lambda: jax.block_until_ready(compiled(params, x)), spec["repeats"])
-    assert np.isfinite(np.asarray(compiled(params, x))).all()
-    return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
-                peak_rss_mb=_peak_mb())
+    return _jax_row(inc.inception_features, params, _images(spec["batch"]), spec["repeats"])
 
 
 def torch_worker(spec: dict) -> dict:
@@ -136,21 +165,11 @@ def pair_worker(spec: dict) -> dict:
     params = jax.tree.map(jax.numpy.asarray, convert_state_dict(state))
     x = _images(spec["batch"])
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    compiled = jax.jit(inc.inception_features).lower(params, x).compile()
-    tj, tt = [], []
-    with torch.no_grad():
-        for _ in range(spec["repeats"] + 1):  # the first round is a warm-up
-            t0 = time.perf_counter()
-            ref = model(xt).numpy()
-            tt.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            out = np.asarray(compiled(params, x))
-            tj.append(time.perf_counter() - t0)
-    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
-    err = float(np.abs(out - ref).max())
-    return dict(call_s=statistics.median(tj[1:]), torch_call_s=statistics.median(tt[1:]),
-                ratios=ratios, max_abs_err=err, rel_err=err / float(np.abs(ref).max()),
-                peak_rss_mb=_peak_mb())
+
+    def ref(a):
+        with torch.no_grad():
+            return model(a).numpy()
+    return _paired_row(inc.inception_features, params, x, ref, xt, spec["repeats"])
 
 
 def math_worker(spec: dict) -> dict:
@@ -198,14 +217,7 @@ def clip_jax_worker(spec: dict) -> dict:
     from jaxhead.models.clip import PRESETS, random_params
 
     params = random_params(PRESETS[spec["model"]], jax.random.key(0))
-    x = _pixels(spec["batch"])
-    t0 = time.perf_counter()
-    compiled = jax.jit(pixel_embeds).lower(params, x).compile()
-    compile_s = time.perf_counter() - t0
-    _, times = _timed(lambda: jax.block_until_ready(compiled(params, x)), spec["repeats"])
-    assert np.isfinite(np.asarray(compiled(params, x))).all()
-    return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
-                peak_rss_mb=_peak_mb())
+    return _jax_row(pixel_embeds, params, _pixels(spec["batch"]), spec["repeats"])
 
 
 def clip_torch_worker(spec: dict) -> dict:
@@ -235,21 +247,11 @@ def clip_pair_worker(spec: dict) -> dict:
     del state
     x = _pixels(spec["batch"])
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    compiled = jax.jit(pixel_embeds).lower(params, x).compile()
-    tj, tt = [], []
-    with torch.no_grad():
-        for _ in range(spec["repeats"] + 1):  # the first round is a warm-up
-            t0 = time.perf_counter()
-            ref = embed(xt).numpy()
-            tt.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            out = np.asarray(compiled(params, x))
-            tj.append(time.perf_counter() - t0)
-    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
-    err = float(np.abs(out - ref).max())
-    return dict(call_s=statistics.median(tj[1:]), torch_call_s=statistics.median(tt[1:]),
-                ratios=ratios, max_abs_err=err, rel_err=err / float(np.abs(ref).max()),
-                peak_rss_mb=_peak_mb())
+
+    def ref(a):
+        with torch.no_grad():
+            return embed(a).numpy()
+    return _paired_row(pixel_embeds, params, x, ref, xt, spec["repeats"])
 
 
 def _faces(batch: int) -> np.ndarray:
@@ -289,19 +291,11 @@ def _torch_irse():
 
 
 def face_jax_worker(spec: dict) -> dict:
-    import jax
 
     from jaxhead.models.arcface import IR_SE50, IRESNET50, embed, random_params
 
     params = random_params(IRESNET50 if spec["arch"] == "iresnet" else IR_SE50, 0)
-    x = _faces(spec["batch"])
-    t0 = time.perf_counter()
-    compiled = jax.jit(embed).lower(params, x).compile()
-    compile_s = time.perf_counter() - t0
-    _, times = _timed(lambda: jax.block_until_ready(compiled(params, x)), spec["repeats"])
-    assert np.isfinite(np.asarray(compiled(params, x))).all()
-    return dict(compile_s=compile_s, call_s=statistics.median(times), calls_s=times,
-                peak_rss_mb=_peak_mb())
+    return _jax_row(embed, params, _faces(spec["batch"]), spec["repeats"])
 
 
 def face_ref_worker(spec: dict) -> dict:
@@ -353,20 +347,7 @@ def face_pair_worker(spec: dict) -> dict:
             with torch.no_grad():
                 return model(torch.from_numpy(a)).numpy()
     params = ArcFaceParams(cfg, jax.tree.map(jax.numpy.asarray, w))
-    compiled = jax.jit(embed).lower(params, x).compile()
-    tj, tt = [], []
-    for _ in range(spec["repeats"] + 1):  # the first round is a warm-up
-        t0 = time.perf_counter()
-        r = ref(xc)
-        tt.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        out = np.asarray(compiled(params, x))
-        tj.append(time.perf_counter() - t0)
-    ratios = [a / b for a, b in zip(tj[1:], tt[1:], strict=True)]
-    err = float(np.abs(out - r).max())
-    return dict(call_s=statistics.median(tj[1:]), torch_call_s=statistics.median(tt[1:]),
-                ratios=ratios, max_abs_err=err, rel_err=err / float(np.abs(r).max()),
-                peak_rss_mb=_peak_mb())
+    return _paired_row(embed, params, x, ref, xc, spec["repeats"])
 
 
 def run_config(name: str, repeats: int, extra: dict | None = None) -> dict:

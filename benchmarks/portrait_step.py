@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ def measure(name: str, steps: int, compile_only: bool) -> dict:
     import numpy as np
     from PIL import Image
 
+    from benchmarks.stepping import time_step
     from configs import portrait
     from jaxhead.latents import save_ws
     from jaxhead.train import state_shardings
@@ -73,25 +73,8 @@ def measure(name: str, steps: int, compile_only: bool) -> dict:
     step = jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt),
                in_shardings=(st_sh, jax.tree.map(lambda x: x.sharding, frozen)),
                out_shardings=(st_sh, sharding.replicated(mesh)), donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, frozen).compile()
-    t_compile = time.perf_counter() - t0
-    times = []
-    for _ in range(0 if compile_only else steps):
-        t0 = time.perf_counter()
-        state, m = compiled(state, frozen)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    mem = compiled.memory_analysis()
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if dev.platform != "cpu" else None
-    peak = (stats or {}).get("peak_bytes_in_use") or \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"config": name, "build_s": t_build, "compile_s": t_compile,
-            "step_s": min(times) if times else float("nan"), "peak_bytes": peak,
-            "peak_kind": "device" if stats else "RSS", "device": dev.device_kind,
-            "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-            "arg_bytes": getattr(mem, "argument_size_in_bytes", None)}
+    return {"config": name, "build_s": t_build,
+            **time_step(step, state, frozen, steps=steps, compile_only=compile_only)}
 
 
 def main(argv: list[str] | None = None) -> int:

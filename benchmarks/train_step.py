@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
             devices: int = 1, shard_teacher: bool = False) -> dict:
     import jax
 
+    from benchmarks.stepping import time_step
     from configs import demo, pixar
     from jaxhead.train import state_shardings
     from jaxhead.training import sharding
@@ -39,7 +39,6 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
     from jaxhead.training.optim import make_optimizer
     from jaxhead.training.step import init_state, train_step
     from jaxhead.utils.compile import jit
-    from jaxhead.utils.host_memory import release_free_host_memory
 
     c = demo.get_config() if name == "demo" else pixar.get_config()
     c.grid.control = "renderer_depth"
@@ -74,32 +73,11 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
     step = jit(lambda s, f: train_step(s, f, models=models, config=c, optimizer=opt,
                                        mesh=mesh if devices > 1 else None),
                in_shardings=(st_sh, fr_sh), out_shardings=(st_sh, rep), donate_argnums=0)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, frozen).compile()
-    t_compile = time.perf_counter() - t0
-    release_free_host_memory()  # the compiler's freed heap (~2 GiB for the paper step) back to
-    #                             the OS before the step's buffers come on top of it
-    times = []
-    for _ in range(0 if compile_only else steps):
-        t0 = time.perf_counter()
-        state, m = compiled(state, frozen)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    mem = compiled.memory_analysis()
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if dev.platform != "cpu" else None
-    peak = (stats or {}).get("peak_bytes_in_use") or \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = time_step(step, state, frozen, steps=steps, compile_only=compile_only)
     n_params = sum(x.size for x in jax.tree.leaves(frozen))
     return {"config": name + (f" x{devices}" if devices > 1 else "")
             + (" shard" if shard_teacher else ""), "dtype": teacher_dtype, "build_s": t_build,
-            "compile_s": t_compile,
-            "step_s": min(times) if times else float("nan"), "steps": times,
-            "peak_bytes": peak,
-            "peak_kind": "device" if stats else "RSS", "device": dev.device_kind,
-            "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-            "arg_bytes": getattr(mem, "argument_size_in_bytes", None),
-            "frozen_values": int(n_params)}
+            **result, "frozen_values": int(n_params)}
 
 
 def main(argv: list[str] | None = None) -> int:
