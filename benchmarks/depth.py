@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import names_arg
 from jaxhead.models import depth_anything as da
 from jaxhead.ops.canny import canny_control
+from jaxhead.utils.compile import jit
 
 
 def random_params(model: da.DepthAnythingV2, seed: int = 0):
@@ -70,7 +72,7 @@ def render_like(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def bench(fn: Callable, *args, repeats: int) -> dict[str, float]:
     t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(*args))  # warm-up
     times = []
@@ -100,7 +102,7 @@ def main() -> None:
     views = jax.device_put(rng.uniform(-1, 1, (4, a.size, a.size, 3)).astype(np.float32))
 
     rows = []
-    for name in a.configs.split(","):
+    for name in names_arg(ap, "--configs", a.configs, da.CONFIGS):
         model = da.DepthAnythingV2(da.CONFIGS[name])
         params = random_params(model)
         grid_fn = lambda p, x, m=model: grid2x2(da.depth_control(m, p, x, a.size // 2))

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import names_arg
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("render", "edit-fp32", "edit-bf16", "inception", "clip", "arcface", "lpips", "stats")
 N_VIEWS, EDIT_STEPS_PAPER, N_IDS, N_STYLES = 3, 25, 100, 6
@@ -84,7 +86,6 @@ def w_render(spec: dict) -> dict:
 
 
 def w_edit(spec: dict) -> dict:
-    import jax
     import jax.numpy as jnp
 
     from benchmarks.teacher import _random_params
@@ -96,6 +97,7 @@ def w_edit(spec: dict) -> dict:
     from jaxhead.models import vae as vae_lib
     from jaxhead.teacher import Teacher
     from jaxhead.training.demo import DemoTokenizer
+    from jaxhead.utils.compile import jit
 
     dtype = jnp.bfloat16 if spec["dtype"] == "bf16" else jnp.float32
     rng = np.random.default_rng(0)
@@ -116,7 +118,7 @@ def w_edit(spec: dict) -> dict:
                                           start_index=50 - k, image=image).images,
                          spec["repeats"])
 
-    @jax.jit
+    @jit
     def vae_only(p, x, e):
         lat = S.encode_images(sd, p, x, e)
         return vae_lib.decode_latents(sd.vae, p["vae"], lat)
@@ -164,15 +166,15 @@ def w_arcface(spec: dict) -> dict:
 
 
 def w_lpips(spec: dict) -> dict:
-    import jax
     import jax.numpy as jnp
 
     from jaxhead.evaluation.demo import demo_network
     from jaxhead.models.lpips import lpips
+    from jaxhead.utils.compile import jit
 
     p = demo_network("lpips")
     x = jnp.asarray(_images(16), jnp.float32) / 127.5 - 1
-    f = jax.jit(lpips)
+    f = jit(lpips)
     first, best = _timed(lambda: f(p, x[:8], x[8:]), spec["repeats"])
     return {"first_s": first, "per_pair_s": best / 8, "peak_rss_gb": _peak_gb()}
 
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(WORKERS[spec["stage"]](spec)))
         return 0
     results = {}
-    for name in [s for s in a.stages.split(",") if s]:
+    for name in names_arg(ap, "--stages", a.stages, STAGES):
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = run_stage(name, a.repeats, a.edit_steps)
         print(f"  {json.dumps(results[name])}", file=sys.stderr, flush=True)

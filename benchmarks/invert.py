@@ -33,6 +33,7 @@ from jaxhead.camera import make_camera
 from jaxhead.models.lpips_vgg import random_params
 from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 from jaxhead.projector import Projector, ProjectorConfig, Stats
+from jaxhead.utils.compile import jit
 
 
 def measure(mode: str, batch: int, chunk: int | None, repeats: int, compile_only: bool
@@ -49,12 +50,12 @@ def measure(mode: str, batch: int, chunk: int | None, repeats: int, compile_only
     t_targets = time.perf_counter() - t0
     if mode == "project":
         state = proj.init(stats, batch)
-        fn = jax.jit(functools.partial(proj._step, chunk=chunk), donate_argnums=2)
+        fn = jit(functools.partial(proj._step, chunk=chunk), donate_argnums=2)
         args = (params, proj.lpips_params, state, tgt, stats, jax.random.key(3))
     else:
         state = proj.pti_init(batch)
         w = jnp.zeros((batch, G.num_ws, 512))
-        fn = jax.jit(proj._pti_step, donate_argnums=2)
+        fn = jit(proj._pti_step, donate_argnums=2)
         args = (params, proj.lpips_params, state, tgt, w, jax.random.key(3))
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()

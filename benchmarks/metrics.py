@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import names_arg
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     "jax-b8": dict(kind="jax", batch=8),
@@ -413,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         res = workers[spec["kind"]](spec)
         print(json.dumps(res))
         return 0
-    names = [n for n in (a.only.split(",") if a.only else CONFIGS) if n]
+    names = names_arg(ap, "--only", a.only, CONFIGS)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         extra = {}

@@ -26,6 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks import names_arg
 from jaxhead.camera import make_camera
 from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 from jaxhead.models.panohead.demo import demo_config
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.cpu_conv)))
         return 0
     rows = []
-    for mode in args.modes.split(","):
+    for mode in names_arg(ap, "--modes", args.modes, ("forward", "forward+backward")):
         out = subprocess.run([sys.executable, "-m", "benchmarks.panohead", "--config",
                               args.config, "--batch", str(args.batch), "--repeats",
                               str(args.repeats), "--cpu-conv", args.cpu_conv, "--_child", mode],

@@ -78,7 +78,7 @@ def measure(name: str, steps: int, compile_only: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.stepping import config_names
+    from benchmarks import names_arg
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--configs", default="demo,full")
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args._child, args.steps, args.compile_only)))
         return 0
     rows = []
-    for name in config_names(ap, args.configs, ("demo", "full")):
+    for name in names_arg(ap, "--configs", args.configs, ("demo", "full")):
         out = subprocess.run([sys.executable, "-m", "benchmarks.portrait_step", "--steps",
                               str(args.steps), "--_child", name]
                              + (["--compile-only"] if args.compile_only else []),

@@ -5,21 +5,9 @@ Shared by ``benchmarks.train_step`` and ``benchmarks.portrait_step``.
 
 from __future__ import annotations
 
-import argparse
 import resource
 import time
-from collections.abc import Sequence
 from typing import Any
-
-
-def config_names(ap: argparse.ArgumentParser, text: str, known: Sequence[str]) -> list[str]:
-    """The comma-separated ``--configs`` names, or an argparse error naming the unknown ones."""
-    names = [n for n in text.split(",") if n]
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        ap.error(f"--configs: unknown {', '.join(unknown) or '(none given)'}; "
-                 f"known: {', '.join(known)}")
-    return names
 
 
 def time_step(step: Any, state: Any, frozen: Any, *, steps: int,

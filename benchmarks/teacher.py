@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import names_arg
+
 ROOT = Path(__file__).resolve().parents[1]
 SD15_UNET = {"sample_size": 64, "cross_attention_dim": 768, "attention_head_dim": 8}
 SD15_CONTROLNET = {"cross_attention_dim": 768, "attention_head_dim": 8}  # + diffusers defaults
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         res = {"jax": jax_worker, "torch": torch_worker, "pair": pair_worker}[spec["kind"]](spec)
         print(json.dumps(res))
         return 0
-    names = [n for n in (a.only.split(",") if a.only else CONFIGS) if n]
+    names = names_arg(ap, "--only", a.only, CONFIGS)
     results = {}
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)

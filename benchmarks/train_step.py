@@ -84,7 +84,7 @@ CONFIGS = ("demo", "full", "full_single", "full_grid", "full_onepass")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.stepping import config_names
+    from benchmarks import names_arg
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--configs", default="demo,full")
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.compile_only, args.devices, args.shard_teacher)))
         return 0
     rows = []
-    for name in config_names(ap, args.configs, CONFIGS):
+    for name in names_arg(ap, "--configs", args.configs, CONFIGS):
         env = dict(os.environ)
         if args.devices > 1:  # CPU: fake devices (no effect on GPU / TPU devices)
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
