@@ -408,19 +408,46 @@ def _flat_items(tree: dict, prefix: str = ""):
 
 # --- CLI ----------------------------------------------------------------------------------
 
+def read_onnx(src: Path):
+    """An ONNX model with its external data (``onnx.ModelProto``). Each tensor's external
+    ``location`` must name a file inside ``src``'s folder (:func:`~convert_weights.common.inside`);
+    an unreadable model is a :class:`DataError` naming ``src``."""
+    import onnx  # convert extra
+    from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model
+
+    from convert_weights.common import inside
+
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as e:  # a protobuf DecodeError is not an OSError
+        raise DataError(f"{str(src)!r} is not a readable ONNX model ({e})") from None
+    tensors = [*model.graph.initializer,
+               *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    external = [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+    for t in external:
+        location = ExternalDataInfo(t).location
+        if not inside(src.parent, location, what=f"{str(src)!r} (tensor {t.name!r})").is_file():
+            raise DataError(f"{str(src)!r}: tensor {t.name!r} keeps its data in {location!r}, "
+                            f"which is not in {str(src.parent)!r}")
+    if external:
+        try:
+            load_external_data_for_model(model, str(src.parent))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{str(src)!r}: cannot read its external data ({e})") from None
+    return model
+
+
 def convert_file(src: str | Path) -> tuple[ArcFaceConfig, dict, str]:
     """Any supported SRC -> (config, params, description of what it was)."""
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"weights file not found: {str(src)!r}")
     if src.suffix == ".onnx":
-        import onnx  # convert extra
-
+        model = read_onnx(src)
         try:
-            model = onnx.load(str(src))
-        except Exception as e:  # a protobuf DecodeError is not an OSError
-            raise DataError(f"{str(src)!r} is not a readable ONNX model ({e})") from None
-        return (*convert_onnx(model), "insightface iresnet (ONNX)")
+            return (*convert_onnx(model), "insightface iresnet (ONNX)")
+        except DataError as e:
+            raise DataError(f"{str(src)!r}: {e}") from None
     from convert_weights.common import load_torch_file
 
     state = load_torch_file(src)

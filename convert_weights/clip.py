@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert_weights.common import load_torch_file
+from convert_weights.common import load_torch_file, shard_files
 from jaxhead.errors import ArgumentParser, DataError, run_cli
 from jaxhead.models.clip import MODEL_NAME, CLIPConfig, convert
 from jaxhead.utils.params_io import save_params
@@ -38,10 +38,9 @@ def read_state_dict(src: Path) -> tuple[dict[str, np.ndarray], str]:
             return load_torch_file(src / name), name
         index = src / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             state: dict[str, np.ndarray] = {}
-            for shard in shards:
-                state.update(load_torch_file(src / shard))
+            for shard in shard_files(index):
+                state.update(load_torch_file(shard))
             return state, index.name
     raise DataError(f"{str(src)!r} has no CLIP weights (looked for "
                     f"{', '.join(WEIGHT_FILES)} and their .index.json)")

@@ -33,10 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from convert_weights.common import load_torch_file
+from convert_weights.common import load_torch_file, shard_files
 from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
 from jaxhead.models import clip_text, controlnet, unet, vae
-from jaxhead.utils.params_io import data_errors, read_json, save_params, write_text_atomic
+from jaxhead.utils.params_io import (
+    data_errors,
+    read_json,
+    save_params,
+    staged_directory,
+    write_text_atomic,
+)
 
 MANIFEST = "jaxhead_sd.json"
 # network class name -> (output sub-folder, state dict + config -> Flax params)
@@ -76,14 +82,7 @@ def find_weights(folder: Path) -> list[Path]:
                     return [f]
                 index = folder / f"{name}{variant}{suffix}.index.json"
                 if index.is_file():
-                    weight_map = read_json(index).get("weight_map")
-                    if not isinstance(weight_map, dict):
-                        raise DataError(f"{str(index)!r} has no 'weight_map'")
-                    shards = sorted(set(map(str, weight_map.values())))
-                    missing = [s for s in shards if not (folder / s).is_file()]
-                    if missing:
-                        raise FileNotFoundError(f"{str(index)!r} lists missing shards: {missing}")
-                    return [folder / s for s in shards]
+                    return shard_files(index)
     raise FileNotFoundError(
         f"no weights in {str(folder)!r}: expected one of "
         + ", ".join(f"{n}{s}" for n in _WEIGHT_NAMES for s in _WEIGHT_SUFFIXES)
@@ -362,75 +361,78 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
         return {"component": kind, "source": str(src)}
 
     written: dict[str, Any] = {}
-    dst.mkdir(parents=True, exist_ok=True)
-    if src.is_dir():
-        if not (src / "model_index.json").is_file():
-            raise FileNotFoundError(f"{str(src)!r} is neither a diffusers pipeline folder "
-                                    "(model_index.json) nor a component folder (config.json)")
-        index = read_json(src / "model_index.json")
-        if not isinstance(index, dict):
-            raise DataError(f"{str(src / 'model_index.json')!r} does not hold a JSON object")
-        for name in ("unet", "vae", "text_encoder"):
-            if name == "vae" and vae_path is not None:
-                continue
-            if name not in index or not (src / name).is_dir():
-                if name == "vae":
-                    raise FileNotFoundError(f"{str(src)!r} has no vae/; pass --vae (e.g. a "
-                                            "sd-vae-ft-mse folder)")
-                raise FileNotFoundError(f"pipeline {str(src)!r} has no {name}/ folder")
-            kind, state, config = read_component(src / name)
-            expected = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL",
-                        "text_encoder": "CLIPTextModel"}[name]
-            if kind != expected:
-                raise DataError(f"{str(src / name)!r} holds a {kind}, expected {expected}")
-            convert_state(kind, state, config, dst / name, source=str(src / name))
+    # written into DST.partial and moved into DST at the end: a failed conversion leaves
+    # DST as it was (no empty or half-converted folder)
+    with staged_directory(dst) as out:
+        if src.is_dir():
+            if not (src / "model_index.json").is_file():
+                raise FileNotFoundError(f"{str(src)!r} is neither a diffusers pipeline folder "
+                                        "(model_index.json) nor a component folder (config.json)")
+            index = read_json(src / "model_index.json")
+            if not isinstance(index, dict):
+                raise DataError(f"{str(src / 'model_index.json')!r} does not hold a JSON object")
+            for name in ("unet", "vae", "text_encoder"):
+                if name == "vae" and vae_path is not None:
+                    continue
+                if name not in index or not (src / name).is_dir():
+                    if name == "vae":
+                        raise FileNotFoundError(f"{str(src)!r} has no vae/; pass --vae (e.g. a "
+                                                "sd-vae-ft-mse folder)")
+                    raise FileNotFoundError(f"pipeline {str(src)!r} has no {name}/ folder")
+                kind, state, config = read_component(src / name)
+                expected = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL",
+                            "text_encoder": "CLIPTextModel"}[name]
+                if kind != expected:
+                    raise DataError(f"{str(src / name)!r} holds a {kind}, expected {expected}")
+                convert_state(kind, state, config, out / name, source=str(src / name))
+                del state
+                written[name] = str(src / name)
+                log(f"{name}: {src / name} -> {dst / name}")
+            tok_src = Path(tokenizer) if tokenizer else src / "tokenizer"
+            sched_src = Path(scheduler) if scheduler else src / "scheduler"
+            if not sched_src.exists():
+                raise FileNotFoundError(f"pipeline {str(src)!r} has no scheduler/ folder")
+        else:
+            state = load_torch_file(src)
+            with data_errors(str(src)):
+                parts = split_single_file(state, unet_heads=unet_heads, extract_ema=extract_ema)
             del state
-            written[name] = str(src / name)
-            log(f"{name}: {src / name} -> {dst / name}")
-        tok_src = Path(tokenizer) if tokenizer else src / "tokenizer"
-        sched_src = Path(scheduler) if scheduler else src / "scheduler"
-        if not sched_src.exists():
-            raise FileNotFoundError(f"pipeline {str(src)!r} has no scheduler/ folder")
-    else:
-        state = load_torch_file(src)
-        with data_errors(str(src)):
-            parts = split_single_file(state, unet_heads=unet_heads, extract_ema=extract_ema)
-        del state
-        if "vae" not in parts and vae_path is None:
-            raise DataError(f"{str(src)!r} holds no VAE; pass --vae")
-        if "text_encoder" not in parts:
-            raise DataError(f"{str(src)!r} holds no CLIP text encoder (cond_stage_model)")
-        for name, (kind, sd, config) in parts.items():
-            if name == "vae" and vae_path is not None:
-                continue
-            convert_state(kind, sd, config, dst / name, source=f"{src} ({name})")
-            written[name] = f"{src} ({name})"
-            log(f"{name}: {src} -> {dst / name}")
-        del parts
-        tok_src = Path(tokenizer) if tokenizer else None
-        sched_src = Path(scheduler) if scheduler else None
+            if "vae" not in parts and vae_path is None:
+                raise DataError(f"{str(src)!r} holds no VAE; pass --vae")
+            if "text_encoder" not in parts:
+                raise DataError(f"{str(src)!r} holds no CLIP text encoder (cond_stage_model)")
+            for name, (kind, sd, config) in parts.items():
+                if name == "vae" and vae_path is not None:
+                    continue
+                convert_state(kind, sd, config, out / name, source=f"{src} ({name})")
+                written[name] = f"{src} ({name})"
+                log(f"{name}: {src} -> {dst / name}")
+            del parts
+            tok_src = Path(tokenizer) if tokenizer else None
+            sched_src = Path(scheduler) if scheduler else None
 
-    if vae_path is not None:
-        kind, state, config = read_vae(Path(vae_path))
-        convert_state(kind, state, config, dst / "vae", source=str(vae_path))
-        written["vae"] = str(vae_path)
-        log(f"vae: {vae_path} -> {dst / 'vae'}")
-    for name, path in controlnets:
-        kind, state, config = read_component(path)
-        if kind != "ControlNetModel":
-            raise DataError(f"--controlnet {str(path)!r} holds a {kind}, not a ControlNetModel")
-        convert_state(kind, state, config, dst / f"controlnet_{name}", source=str(path))
-        written[f"controlnet_{name}"] = str(path)
-        log(f"controlnet {name}: {path} -> {dst / f'controlnet_{name}'}")
-    if tok_src is not None:
-        _copy_tokenizer(tok_src, dst / "tokenizer")
-        written["tokenizer"] = str(tok_src)
-    else:
-        log("note: no tokenizer written (a single-file checkpoint has none; pass --tokenizer DIR)")
-    _write_scheduler(sched_src, dst / "scheduler")
-    written["scheduler"] = str(sched_src) if sched_src else "SD 1.5 default (DDIM)"
-    manifest = {"source": str(src), "components": written}
-    write_text_atomic(dst / MANIFEST, json.dumps(manifest, indent=1))
+        if vae_path is not None:
+            kind, state, config = read_vae(Path(vae_path))
+            convert_state(kind, state, config, out / "vae", source=str(vae_path))
+            written["vae"] = str(vae_path)
+            log(f"vae: {vae_path} -> {dst / 'vae'}")
+        for name, path in controlnets:
+            kind, state, config = read_component(path)
+            if kind != "ControlNetModel":
+                raise DataError(f"--controlnet {str(path)!r} holds a {kind}, not a ControlNetModel")
+            convert_state(kind, state, config, out / f"controlnet_{name}", source=str(path))
+            written[f"controlnet_{name}"] = str(path)
+            log(f"controlnet {name}: {path} -> {dst / f'controlnet_{name}'}")
+        if tok_src is not None:
+            _copy_tokenizer(tok_src, out / "tokenizer")
+            written["tokenizer"] = str(tok_src)
+        else:
+            log("note: no tokenizer written (a single-file checkpoint has none; pass "
+                "--tokenizer DIR)")
+        _write_scheduler(sched_src, out / "scheduler")
+        written["scheduler"] = str(sched_src) if sched_src else "SD 1.5 default (DDIM)"
+        manifest = {"source": str(src), "components": written}
+        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

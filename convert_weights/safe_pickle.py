@@ -546,6 +546,22 @@ class _TorchScriptUnpickler(_RestrictedUnpickler):
         return self._storage(str(key), stype, numel)
 
 
+_ZIP_SLACK = 1 << 20  # bytes a checkpoint zip may declare beyond twice its own size
+
+
+def check_zip_sizes(zf: Any, where: str) -> None:
+    """Refuse a zip whose members declare far more bytes than the archive holds (a zip bomb:
+    a 1 MB file inflating to 1 GiB). torch writes its archives uncompressed, so a real
+    checkpoint declares about its own size; more than twice that plus 1 MiB is refused before
+    anything is inflated. Raises :class:`UnsafePickleError` naming ``where``."""
+    infos = zf.infolist()
+    declared = sum(i.file_size for i in infos)
+    stored = sum(i.compress_size for i in infos)
+    if declared > 2 * stored + _ZIP_SLACK:
+        raise UnsafePickleError(f"{where!r}: its members inflate to {declared} bytes from "
+                                f"{stored} (a zip bomb?): refused, nothing inflated")
+
+
 def load_torchscript_tensors(path: str, name: str | None = None) -> dict[str, np.ndarray]:
     """Every tensor attribute of a TorchScript archive's module tree, by dotted path
     (``layers.conv1.weight``, ``lpips0``), read without executing anything from the file.
@@ -564,6 +580,7 @@ def load_torchscript_tensors(path: str, name: str | None = None) -> dict[str, np
     except zipfile.BadZipFile as e:
         raise DataError(f"{where!r} is not a TorchScript archive (not a zip file)") from e
     with zf:
+        check_zip_sizes(zf, where)
         pkls = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkls) != 1:
             raise DataError(f"{where!r} is not a TorchScript archive (no single "
@@ -580,10 +597,14 @@ def load_torchscript_tensors(path: str, name: str | None = None) -> dict[str, np
                     raise UnsafePickleError(f"storage {key!r} is missing from the archive") \
                         from None
                 nbytes = numel * stype.itemsize
-                if info.file_size < nbytes:
+                if info.file_size != nbytes:  # fewer: truncated; more: not what it says
                     raise UnsafePickleError(f"storage {key!r} declares {numel} elements "
                                             f"({nbytes} bytes) but holds {info.file_size}")
-                raw = zf.read(member)[:nbytes]
+                with zf.open(info) as f:  # at most the declared bytes are inflated
+                    raw = f.read(nbytes)
+                if len(raw) != nbytes:
+                    raise UnsafePickleError(f"storage {key!r} declares {nbytes} bytes but "
+                                            f"inflates to {len(raw)}")
                 cache[key] = _storage_bytes_to_array(raw, stype.dtype)
             return cache[key]
 

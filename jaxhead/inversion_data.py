@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxhead.errors import DataError
+from jaxhead.utils.image_io import read_rgb
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 LAYOUT = ("PanoHead's preprocessed layout: aligned square crops plus dataset.json = "
@@ -91,14 +92,9 @@ def load_image(path: Path, size: int = 512) -> np.ndarray:
     """An image as float32 ``[size, size, 3]`` in [-1, 1] (centre square, LANCZOS resize).
 
     Raises ``DataError`` naming the file when it is unreadable or not a square crop."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"{str(path)!r} is not a readable image ({e})") from None
+    im = read_rgb(path)
     w, h = im.size
     if w != h or w < MIN_SIZE:
         raise DataError(f"{str(path)!r} is {w}x{h}: expected a square aligned crop of at "

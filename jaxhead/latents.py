@@ -6,13 +6,13 @@ paper's inference as ``np.load(f)["w"]``). The identity's name is the file stem.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from jaxhead.errors import DataError
+from jaxhead.utils.npz_io import npz_headers, read_npz
 
 LAYOUT = "an .npz with key 'w' of shape [1, num_ws, w_dim] (PanoHead's projected_w.npz layout)"
 
@@ -28,26 +28,28 @@ def save_ws(path: str | os.PathLike, w: np.ndarray) -> Path:
     return path
 
 
+# a w is a few tens of KB ([1, 14, 512] float32 for PanoHead); a header declaring more is refused
+# before anything is allocated
+MAX_W_BYTES = 16 << 20
+
+
 def read_ws(path: str | os.PathLike) -> np.ndarray:
     """``w`` of one ``.npz`` file -> float32 ``[1, num_ws, w_dim]``; a file that is not an
-    npz, has no ``w``, a ``w`` of another rank or non-finite values: :class:`DataError`."""
+    npz, has no ``w``, a ``w`` of another rank, over :data:`MAX_W_BYTES` or with non-finite
+    values: :class:`DataError`. The array's header is checked before its data is read
+    (:func:`jaxhead.utils.npz_io.read_npz`)."""
     where = os.fspath(path)
     if Path(path).suffix != ".npz":
         raise DataError(f"{where!r} is not an .npz file (expected {LAYOUT})")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "w" not in z.files:
-                raise DataError(f"{where!r} has no array 'w' (it has {sorted(z.files)}; "
-                                f"expected {LAYOUT})")
-            w = z["w"]
-    except (zipfile.BadZipFile, ValueError, EOFError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{where!r} is not a readable .npz file ({e}; expected {LAYOUT})"
-                        ) from None
-    if w.ndim != 3 or w.shape[0] != 1 or not np.issubdtype(w.dtype, np.floating):
-        raise DataError(f"{where!r}: w is {w.dtype} {list(w.shape)}, expected float "
+    headers = npz_headers(path)
+    h = headers.get("w")
+    if h is None:
+        raise DataError(f"{where!r} has no array 'w' (it has {sorted(headers)}; expected "
+                        f"{LAYOUT})")
+    if len(h.shape) != 3 or h.shape[0] != 1 or h.dtype.kind != "f":
+        raise DataError(f"{where!r}: w is {h.dtype} {list(h.shape)}, expected float "
                         f"[1, num_ws, w_dim]")
+    w = read_npz(path, ["w"], max_bytes=MAX_W_BYTES)["w"]
     if not np.all(np.isfinite(w)):
         raise DataError(f"{where!r}: w has non-finite values")
     return w.astype(np.float32)

@@ -20,23 +20,17 @@ from tqdm import tqdm
 from jaxhead import sampling as S
 from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
 from jaxhead.render import _imwrite, check_writable, parse_seeds
+from jaxhead.utils.image_io import image_size, read_rgb
 
 
 def load_image(path: str, size: int | None) -> np.ndarray:
     """An image file -> float32 [H, W, 3] in [0, 1], resized (Lanczos) to ``size`` if given."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"image not found: {path!r}")
-    try:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.LANCZOS)
-            return np.asarray(im, np.float32) / 255.0
-    except UnidentifiedImageError as e:
-        raise DataError(f"{path!r} is not an image Pillow can read") from e
+    im = read_rgb(path)
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.LANCZOS)
+    return np.asarray(im, np.float32) / 255.0
 
 
 def parse_control(spec: str) -> tuple[str, str]:
@@ -97,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if size is None:
         size = 512
         if args.image is not None:
-            from PIL import Image
-
-            with Image.open(args.image) as im:
-                size = min(im.size) // sd.size_multiple * sd.size_multiple
+            size = min(image_size(args.image)) // sd.size_multiple * sd.size_multiple
     if size < sd.size_multiple or size % sd.size_multiple:
         raise UsageError(f"image size {size} must be a positive multiple of {sd.size_multiple}")
     image = None if args.image is None else load_image(args.image, size) * 2 - 1

@@ -20,6 +20,7 @@ from jaxhead.errors import DataError, MissingWeightsError, UsageError
 from jaxhead.evaluation.cache import array_digest, content_key, directory_digest
 from jaxhead.generators import Generator3D, load_generator
 from jaxhead.utils.compile import jit
+from jaxhead.utils.npz_io import read_npz
 
 STYLES = ("pixar", "statue", "joker", "sketch", "werewolf", "zombie")
 METRICS = ("fid", "kid", "clip", "clip_score", "id", "depth", "diversity")
@@ -251,18 +252,9 @@ def load_identities(config, ref: LoadedGenerator) -> list[Identity]:
                 for s in seeds]
     out = []
     for p in sorted(Path(config.identities).glob("*.npz")):
-        try:
-            with np.load(p) as z:
-                if "w" not in z.files:
-                    raise DataError(f"{p}: no array 'w' (has {z.files})")
-                w = np.asarray(z["w"], np.float32)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{p}: not a readable .npz ({e})") from None
-        if w.ndim == 2:
-            w = w[None]
-        if tuple(w.shape) != want:
-            raise DataError(f"{p}: w has shape {tuple(w.shape)}, the reference generator's "
-                            f"ws are {want}")
+        # the shape is checked from the header, before anything is read
+        w = read_npz(p, ["w"], shapes={"w": [want, want[1:]]})["w"].astype(np.float32)
+        w = w.reshape(want)
         if not np.isfinite(w).all():
             raise DataError(f"{p}: w holds NaN/inf")
         out.append(Identity(p.stem, w))

@@ -35,6 +35,7 @@ from jaxhead.errors import DataError, UsageError
 from jaxhead.inversion_data import LAYOUT, frontal_camera, list_targets, load_image
 from jaxhead.latents import check_fit, read_ws
 from jaxhead.utils.compile import jit
+from jaxhead.utils.npz_io import read_npz
 
 CACHE_FILE = "reference_w.npz"
 
@@ -102,9 +103,8 @@ def read_cache(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """``(w, settings)`` of a cached inversion; an unreadable file is a :class:`DataError`."""
     w = read_ws(path)
     try:
-        with np.load(path, allow_pickle=False) as f:
-            settings = json.loads(str(f["settings"]))
-    except (KeyError, ValueError, OSError) as e:
+        settings = json.loads(str(read_npz(path, ["settings"], max_bytes=1 << 20)["settings"]))
+    except (DataError, ValueError) as e:
         raise DataError(f"{str(path)!r} has no readable inversion settings ({e}): delete it "
                         "to invert the reference again") from None
     return w, settings

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from jaxhead import losses
 from jaxhead.errors import DataError
+from jaxhead.utils.npz_io import read_npz
 
 BANK_FILE = "style_bank.npz"
 
@@ -116,10 +117,9 @@ def read_bank(path: Path) -> tuple[dict[str, Any] | None, dict[str, np.ndarray] 
     """``(settings, {"latents", "mean", "cov"}, "")`` of a bank file, or ``(None, None,
     why it cannot be used)``."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            settings = json.loads(str(f["settings"]))
-            arrays = {k: np.asarray(f[k]) for k in ("latents", "mean", "cov")}
-    except (OSError, ValueError, KeyError) as e:
+        arrays = read_npz(path, ["settings", "latents", "mean", "cov"])
+        settings = json.loads(str(arrays.pop("settings")))
+    except (DataError, ValueError) as e:
         return None, None, f"unreadable ({type(e).__name__}: {e})"
     c = arrays["latents"].shape[-1]
     if arrays["mean"].shape != (c,) or arrays["cov"].shape != (c, c):

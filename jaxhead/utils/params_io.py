@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -231,6 +232,35 @@ def load_params(directory: str | os.PathLike, *, what: str = "model", convert_hi
         raise DataError(f"{str(pfile)!r} holds NaN/inf values in {len(non_finite)} tensor(s): "
                         f"{', '.join(non_finite[:5])}{more}")
     return unflatten(flat), config
+
+
+
+@contextlib.contextmanager
+def staged_directory(dst: str | os.PathLike) -> Iterator[Path]:
+    """Write a folder's entries into a fresh sibling ``DST.partial``; on success each entry
+    replaces DST's entry of that name (DST's other entries stay), on any failure the sibling
+    is removed and DST is left exactly as it was (or absent, if it was)."""
+    dst = Path(dst)
+    stage = dst.with_name(dst.name + ".partial")
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        dst.mkdir(parents=True, exist_ok=True)
+        for child in sorted(stage.iterdir()):
+            target = dst / child.name
+            if target.is_dir() and not target.is_symlink():
+                old = dst / (child.name + ".old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(target, old)
+                os.replace(child, target)
+                shutil.rmtree(old)
+            else:
+                os.replace(child, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager

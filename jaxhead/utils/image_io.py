@@ -1,0 +1,66 @@
+"""Reading image files from strangers: the size is checked from the header before decoding.
+
+A 2.6 MB PNG can declare 30000 x 30000 pixels (2.7 GB decoded) and a 74-byte PNG can hold a
+header and no pixels. :func:`read_rgb` checks the declared size against :data:`MAX_PIXELS`
+before any pixel is decoded and turns every decoding failure into one :class:`DataError` that
+names the file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from jaxhead.errors import DataError
+
+# the largest image read: 64 megapixels (an 8192 x 8192 image; phone photos are 12-50 MP)
+MAX_PIXELS = 8192 * 8192
+
+
+def image_size(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` from the file's header (no pixel is decoded); a missing file, one
+    that is not an image, of zero size or larger than ``max_pixels``: :class:`DataError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    where = os.fspath(path)
+    if not Path(path).is_file():
+        raise DataError(f"image not found: {where!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        if isinstance(e, UnidentifiedImageError):
+            raise DataError(f"{where!r} is not a readable image (Pillow cannot identify it)") from None
+        raise DataError(f"{where!r} declares more than {max_pixels} pixels (the limit; a "
+                        "decompression bomb?): refused") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{where!r} is not a readable image ({e})") from None
+    if w < 1 or h < 1 or w * h > max_pixels:
+        raise DataError(f"{where!r} is {w}x{h} pixels: images of 1 to {max_pixels} pixels are "
+                        "read (the limit guards against decompression bombs)")
+    return w, h
+
+
+def read_rgb(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
+    """The image at ``path`` decoded as an RGB ``PIL.Image.Image``, its size checked first
+    (:func:`image_size`); a truncated or corrupt file is a :class:`DataError` naming it."""
+    from PIL import Image
+
+    image_size(path, max_pixels=max_pixels)
+    where = os.fspath(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise DataError(f"{where!r} is not a readable image ({e})") from None
+
+
+__all__ = ["MAX_PIXELS", "image_size", "read_rgb"]
