@@ -256,7 +256,7 @@ def test_docs_links_resolve():
 @pytest.mark.parametrize("command, complaint", [
     ("python -m jaxhead.render --out o --no-such-flag 3", "no option --no-such-flag"),
     ("python -m jaxhead.no_such_module --x 1", "does not exist"),
-    ("python -m convert_weights.lpips out --net resnet", "refused"),
+    ("python -m convert_weights.lpips out --net resnet", "invalid choice"),
     ("python -m jaxhead.train --config configs/demo.py --config.no_such_field=1", "no field"),
     ("python -m jaxhead.train --config configs/demo.py --config.single.no_such=1", "no field"),
     ("python -m jaxhead.evaluate --config configs/no_such.py", "does not exist"),
@@ -283,3 +283,36 @@ def test_checker_reads_blocks_continuations_and_placeholders(monkeypatch):
     assert [c[2] for c in cmds] == ["jaxhead.train", "jaxhead.invert", "jaxhead.render"]
     assert cmds[0][-1] == "--config.grid.mode=after_sr"
     assert all(check_command(c) == [] for c in cmds)
+
+
+def test_layout_names_every_module():
+    """docs/layout.md has one line per module of the package, configs, converters, benchmarks."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    listed = set(re.findall(r"^- `([\w/]+\.py)`", text, flags=re.M))
+    modules = {str(p.relative_to(ROOT)) for d in ("jaxhead", "convert_weights", "configs",
+                                                  "benchmarks") for p in (ROOT / d).rglob("*.py")}
+    assert not modules - listed, f"missing from docs/layout.md: {sorted(modules - listed)}"
+    assert not listed - modules, f"docs/layout.md lists modules that do not exist: "\
+                                 f"{sorted(listed - modules)}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    s = heading.strip().lower()
+    s = re.sub(r"[^\w\- ]", "", s)
+    return s.replace(" ", "-")
+
+
+def test_docs_anchors_resolve():
+    """``page.md#anchor`` and ``#anchor`` links name a heading of that page."""
+    def anchors(path: Path) -> set[str]:
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        return {_slug(h) for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+    bad = []
+    for path in doc_files():
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", path.read_text()):
+            page = path if not target else path.parent / target
+            if page.suffix == ".md" and page.exists() and anchor not in anchors(page):
+                bad.append(f"{path.relative_to(ROOT)} -> {target}#{anchor}")
+    assert not bad, bad
