@@ -89,11 +89,18 @@ def bench(fn: Callable, *args, repeats: int) -> dict[str, float]:
                 peak_mb=peak_mb)
 
 
-def main() -> None:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--configs", default="vits,vitb")
     ap.add_argument("--size", type=int, default=512, help="view side in pixels")
     ap.add_argument("--repeats", type=int, default=3)
+    return ap
+
+
+def main() -> None:
+    ap = build_parser()
     a = ap.parse_args()
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, float32, "

@@ -273,13 +273,20 @@ def report(results: dict) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--edit-steps", type=int, default=2, help="DDIM steps timed for the edit")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.worker:
         spec = json.loads(a.worker)

@@ -86,7 +86,9 @@ def measure(mode: str, batch: int, chunk: int | None, repeats: int, compile_only
     return row
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--modes", default="project,pti")
@@ -94,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--row", default=None, help=argparse.SUPPRESS)  # worker: mode,batch
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.row:
         mode, batch, chunk = a.row.split(",")

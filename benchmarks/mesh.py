@@ -82,7 +82,9 @@ def measure(config: str, res: int, chunk: int, colors: bool) -> dict:
             "device": dev.device_kind}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="full", choices=["full", "demo"])
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=M.DEFAULT_CHUNK)
     ap.add_argument("--colors", action="store_true")
     ap.add_argument("--_child", type=int, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args._child:
         print(json.dumps(measure(args.config, args._child, args.chunk, args.colors)))

@@ -368,7 +368,9 @@ def _unet_torch_table(latent: int, batch: int, top: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=["panohead", "unet"], default="panohead")
     ap.add_argument("--config", choices=["full", "demo"], default="full", help="PanoHead size")
@@ -381,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=15, help="rows of the per-op tables")
     ap.add_argument("--torch", action="store_true",
                     help="UNet: also diffusers under torch.profiler")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.model == "panohead":
         from benchmarks.panohead import build

@@ -87,7 +87,9 @@ def measure(config: str, mode: str, batch: int, repeats: int, cpu_conv: str = "e
             "peak_kind": "device" if stats else "RSS", "device": dev.device_kind}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="full", choices=["full", "demo"])
     ap.add_argument("--batch", type=int, default=1)
@@ -96,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-conv", default="eigen", choices=CPU_CONV_CHOICES,
                     help="CPU convolutions: XLA's (jaxhead's default) or YNNPACK (jaxlib's)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args._child:
         print(json.dumps(measure(args.config, args._child, args.batch, args.repeats,

@@ -77,15 +77,22 @@ def measure(name: str, steps: int, compile_only: bool) -> dict:
             **time_step(step, state, frozen, steps=steps, compile_only=compile_only)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmarks import names_arg
-
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--configs", default="demo,full")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--compile-only", action="store_true",
                     help="lower + compile and report XLA's memory plan without running")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import names_arg
+
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args._child:
         print(json.dumps(measure(args._child, args.steps, args.compile_only)))

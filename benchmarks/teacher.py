@@ -241,7 +241,9 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=2, help="timed calls per configuration")
     ap.add_argument("--only", default="", help="comma-separated subset of " + ",".join(CONFIGS))
@@ -249,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-conv", default="eigen", choices=("eigen", "ynnpack"),
                     help="CPU convolutions: XLA's (jaxhead's default) or YNNPACK (jaxlib's)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.worker:
         spec = json.loads(a.worker)

@@ -83,9 +83,9 @@ def measure(name: str, steps: int, teacher_dtype: str, compile_only: bool = Fals
 CONFIGS = ("demo", "full", "full_single", "full_grid", "full_onepass")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from benchmarks import names_arg
-
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--configs", default="demo,full")
     ap.add_argument("--steps", type=int, default=2)
@@ -99,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-teacher", action="store_true",
                     help="shard the frozen teacher's large tensors across the devices")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import names_arg
+
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args._child:
         print(json.dumps(measure(args._child, args.steps, args.teacher_dtype,

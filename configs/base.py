@@ -177,7 +177,7 @@ def get_config() -> ml_collections.ConfigDict:
     # --- sharding / multi-host
     c.mesh_axis = "data"
     c.num_devices = 0  # devices on the data axis (0: as many as split batch_size evenly)
-    c.distributed = False  # call jax.distributed.initialize() (multi-host; README "Many hosts")
+    c.distributed = False  # call jax.distributed.initialize() (multi-host; docs/sharding.md)
     # where the processes meet; unset (""/0/-1): auto-detected on SLURM, Open MPI, TPU pods
     c.coordinator_address = ""  # "host:port" of process 0
     c.num_processes = 0

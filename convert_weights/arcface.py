@@ -460,12 +460,19 @@ def convert_file(src: str | Path) -> tuple[ArcFaceConfig, dict, str]:
 
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.arcface",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="w600k_r50.onnx (insightface buffalo_l), an arcface_torch "
                                 "backbone .pth, or model_ir_se50.pth (pSp / e4e)")
     ap.add_argument("dst", help="output directory (params.safetensors + config.json)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     cfg, params, kind = convert_file(a.src)
     save_params(a.dst, params, {**cfg.to_json(), "source": Path(a.src).name,

@@ -65,11 +65,18 @@ def preprocessor_notes(src: Path, config: CLIPConfig) -> list[str]:
             for k, (got, exp) in want.items() if not np.allclose(got, exp)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.clip",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="transformers CLIPModel folder (config.json + weights)")
     ap.add_argument("dst", help="output directory (params.safetensors, config.json, tokenizer/)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     src = Path(a.src)
     if not (src / "config.json").is_file():

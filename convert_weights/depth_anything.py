@@ -248,7 +248,9 @@ def read_source(src: str | Path, *, num_heads: int | None = None,
     return sd, cfg, "official"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.depth_anything",
                         description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="depth_anything_v2_vit{s,b,l}.pth or a transformers folder")
@@ -257,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="official layout only: attention heads (default embed_dim // 64)")
     ap.add_argument("--layers", default=None,
                     help="official layout only: comma-separated 0-based blocks for the head")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     try:
         layers = tuple(int(i) for i in a.layers.split(",")) if a.layers else None

@@ -436,7 +436,9 @@ def convert(src: str | Path, dst: str | Path, *, vae_path: str | Path | None = N
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.diffusers",
                         description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="diffusers pipeline/component folder or original .safetensors/"
@@ -453,6 +455,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="attention heads of a single-file SD 1.x UNet (not stored; default 8)")
     ap.add_argument("--extract-ema", action="store_true",
                     help="single file: use the EMA UNet weights if present")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.unet_heads < 1:
         ap.error(f"--unet-heads must be >= 1, got {a.unet_heads}")

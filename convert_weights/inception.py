@@ -79,12 +79,19 @@ def convert_state_dict(state: Mapping[str, np.ndarray]) -> dict:
 
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.inception",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or "
                                 "weights-inception-2015-12-05-6726825d.pth (torch-fidelity)")
     ap.add_argument("dst", help="output directory (params.safetensors + config.json)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     state = load_torch_file(a.src)
     params = convert_state_dict(state)

@@ -123,7 +123,9 @@ def convert_vgg_state_dicts(vgg: Mapping[str, np.ndarray],
     return vgg_params(convs, [lins[f"lin{k}"] for k in range(5)])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.lpips",
                         description=__doc__.split("\n\n")[0])
     ap.add_argument("dst", help="output directory (params.safetensors + config.json)")
@@ -134,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="torchvision VGG16 state dict, or a full lpips.LPIPS(net='vgg') one")
     ap.add_argument("--lin", default=None,
                     help="lpips package's weights/v0.1/alex.pth or vgg.pth (lin layers)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     trunk = a.alexnet if a.net == "alex" else a.vgg
     if trunk is None:

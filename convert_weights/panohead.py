@@ -116,11 +116,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.panohead",
                         description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="official .pkl, or .safetensors with config.json beside it")
     ap.add_argument("dst", help="output directory")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     out = convert(args.src, args.dst)
     print(f"wrote {out}")

@@ -60,11 +60,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return Path(dst)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m convert_weights.vgg16_nvidia",
                         description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="NVIDIA's vgg16.pt (TorchScript archive)")
     ap.add_argument("dst", help="output directory")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     print(f"converted {a.src} -> {convert(a.src, a.dst)}")
     return 0

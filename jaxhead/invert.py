@@ -186,7 +186,9 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
                        + (f"; after PTI {info['pti']['psnr']:.2f} dB" if tuned else ""))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m jaxhead.invert", description=__doc__.split("\n\n")[0])
     ap.add_argument("--generator", required=True, help="converted PanoHead directory")
     ap.add_argument("--images", required=True, help="PanoHead-layout folder or one image")
@@ -207,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="render near plane during inversion (2.35, as the official script)")
     ap.add_argument("--seed", type=int, default=0, help="w-noise and ray-sampling seed")
     ap.add_argument("--no-verify", action="store_true", help="skip weight hash checks")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     for name in ("steps", "batch"):
         if getattr(a, name) < 1:

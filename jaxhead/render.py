@@ -235,7 +235,9 @@ def write_mesh(out_dir: Path, stem: str, m) -> list[Path]:
             mesh_io.write_obj(out_dir / f"{stem}.obj", m)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m jaxhead.render", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generator", action="append", metavar="[LABEL=]DIR",
@@ -274,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
                     "of its flipped, transposed grid")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the generator's content-hash and NaN/inf check on loading")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.frames < SHEET_VIEWS or args.frames % SHEET_VIEWS:
         ap.error(f"--frames must be a positive multiple of {SHEET_VIEWS}")

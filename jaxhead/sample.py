@@ -40,7 +40,9 @@ def parse_control(spec: str) -> tuple[str, str]:
     return name, path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
+    """The command line, built without running it (tests/test_readme_commands.py checks
+    the docs' commands against it)."""
     ap = ArgumentParser(prog="python -m jaxhead.sample", description=__doc__)
     ap.add_argument("--sd", required=True, help="converted SD folder (convert_weights.diffusers)")
     ap.add_argument("--prompt", required=True)
@@ -61,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", action="store_true", help="UNet and ControlNet in bfloat16")
     ap.add_argument("--no-verify", action="store_true", help="skip the weights' hash check")
     ap.add_argument("--out", required=True)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
