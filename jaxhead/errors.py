@@ -104,6 +104,18 @@ def one_line(e: BaseException) -> str:
     return f"error: {msg}"
 
 
+def finite_float(text: str) -> float:
+    """argparse ``type=`` for a float flag: a finite number (``nan`` / ``inf`` would run to the
+    end and write black images or NaN results)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose flag errors raise :class:`UsageError` (one line and
     exit code 2 through :func:`run_cli`) instead of printing the usage block and exiting."""

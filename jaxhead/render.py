@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from jaxhead import mesh as mesh_lib
 from jaxhead.camera import make_camera
-from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
+from jaxhead.errors import ArgumentParser, DataError, UsageError, finite_float, run_cli
 from jaxhead.generators import Generator3D, load_generator
 from jaxhead.latents import check_fit, load_ws
 from jaxhead.utils.compile import jit
@@ -252,9 +252,9 @@ def build_parser():
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--frames", type=int, default=16, help="turntable frames (multiple of 8)")
     ap.add_argument("--batch", type=int, default=4, help="views rendered per call")
-    ap.add_argument("--psi", type=float, default=0.7, help="truncation psi (seeds only)")
+    ap.add_argument("--psi", type=finite_float, default=0.7, help="truncation psi (seeds only)")
     ap.add_argument("--cutoff", type=int, default=14, help="truncation cutoff (seeds only)")
-    ap.add_argument("--pitch", type=float, default=0.0, help="camera pitch (radians)")
+    ap.add_argument("--pitch", type=finite_float, default=0.0, help="camera pitch (radians)")
     ap.add_argument("--noise-mode", default="const", choices=["const", "none"])
     ap.add_argument("--background", default="white", choices=["network", "none", "white"])
     ap.add_argument("--format", default="gif", choices=["gif", "mp4"])
@@ -264,7 +264,7 @@ def build_parser():
     ap.add_argument("--mesh-only", action="store_true", help="meshes only, no turntables")
     ap.add_argument("--mesh-res", type=int, default=256, help="density grid N (N^3 points; "
                     "PanoHead: 512)")
-    ap.add_argument("--mesh-level", type=float, default=None,
+    ap.add_argument("--mesh-level", type=finite_float, default=None,
                     help="iso level of the raw density (default 10 as PanoHead; 0 for the "
                     "built-in demo generator, whose density stays below 10)")
     ap.add_argument("--mesh-colors", action="store_true",

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxhead import sampling as S
-from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
+from jaxhead.errors import ArgumentParser, DataError, UsageError, finite_float, run_cli
 from jaxhead.render import _imwrite, check_writable, parse_seeds
 from jaxhead.utils.image_io import image_size, read_rgb
 
@@ -48,14 +48,14 @@ def build_parser():
     ap.add_argument("--prompt", required=True)
     ap.add_argument("--negative-prompt", default="")
     ap.add_argument("--image", help="input image for image-to-image (SDEdit)")
-    ap.add_argument("--strength", type=float, default=None,
+    ap.add_argument("--strength", type=finite_float, default=None,
                     help="img2img strength in (0, 1]: fraction of the steps run (default 0.5)")
     ap.add_argument("--control", action="append", default=[], metavar="NAME=PATH",
                     help="ControlNet NAME (DIR/controlnet_NAME) with its control image")
-    ap.add_argument("--control-scale", type=float, default=1.0)
+    ap.add_argument("--control-scale", type=finite_float, default=1.0)
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps of the full schedule")
-    ap.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance")
-    ap.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    ap.add_argument("--guidance", type=finite_float, default=7.5, help="classifier-free guidance")
+    ap.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (0: deterministic)")
     ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0"))
     ap.add_argument("--batch", type=int, default=1, help="seeds per call")
     ap.add_argument("--size", type=int, default=None,

@@ -256,8 +256,9 @@ def _png(width: int, height: int, *, pixels: bool = True) -> bytes:
     return head + rest
 
 
-@pytest.mark.parametrize("case,needle", [("bomb", "pixels"), ("header_only", "readable image"),
-                                         ("not_image", "not a readable image"), ("missing", "not found")])
+@pytest.mark.parametrize("case,needle", [
+    ("bomb", "pixels"), ("header_only", "readable image"), ("not_image", "not a readable image"),
+    ("missing", "not found")])
 def test_images_are_checked_before_decoding(tmp_path, case, needle):
     from jaxhead import inversion_data, sample
     from jaxhead.utils.image_io import image_size
@@ -345,3 +346,21 @@ def test_read_npz_roundtrip_and_refusals(tmp_path):
     (tmp_path / "c.npz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="c.npz"):
         read_npz(tmp_path / "c.npz", ["o"])
+
+
+# --- non-finite flags --------------------------------------------------------------------
+
+@pytest.mark.parametrize("module,argv", [
+    ("render", ["--psi", "nan", "--seeds", "0", "--out", "{o}"]),
+    ("render", ["--pitch", "inf", "--seeds", "0", "--out", "{o}"]),
+    ("sample", ["--sd", "x", "--prompt", "a", "--eta", "nan", "--out", "{o}"]),
+    ("sample", ["--sd", "x", "--prompt", "a", "--guidance=-inf", "--out", "{o}"]),
+])
+def test_non_finite_flags_are_usage_errors(tmp_path, capsys, module, argv):
+    import importlib
+
+    main = importlib.import_module(f"jaxhead.{module}").main
+    rc = run_cli(main, [a.format(o=tmp_path / "o") for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "must be a finite number" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

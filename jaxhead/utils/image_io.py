@@ -34,7 +34,8 @@ def image_size(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> tupl
     except (UnidentifiedImageError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
         if isinstance(e, UnidentifiedImageError):
-            raise DataError(f"{where!r} is not a readable image (Pillow cannot identify it)") from None
+            raise DataError(f"{where!r} is not a readable image (Pillow cannot identify "
+                            "it)") from None
         raise DataError(f"{where!r} declares more than {max_pixels} pixels (the limit; a "
                         "decompression bomb?): refused") from None
     except (OSError, ValueError, SyntaxError) as e:
