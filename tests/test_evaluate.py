@@ -181,3 +181,31 @@ def test_unknown_config_field_names_the_eval_config(capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert "--config.not_a_metric" in err and "configs/eval.py" in err, err
+
+
+@pytest.mark.slow
+def test_eval_demo_numbers_in_the_docs_are_what_the_command_gives(tmp_path):
+    """docs/evaluation.md's eval_demo table is what ``python -m jaxhead.evaluate --config
+    configs/eval_demo.py`` gives (run here as written, only the workdir moved): every number of
+    every row within 1 % (FID's matrix square root and the CPU's summation order move the last
+    digits between machines)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text()
+    block = doc[doc.index("<!-- eval_demo -->"):doc.index("<!-- /eval_demo -->")]
+    assert "python -m jaxhead.evaluate --config configs/eval_demo.py" in block
+    documented = {line.split("|")[1].strip(): line for line in block.splitlines()
+                  if line.startswith("| frozen") or line.startswith("| perturbed")}
+    assert len(documented) == 2
+    c = eval_demo.get_config()
+    c.workdir = str(tmp_path / "eval")
+    ev.evaluate(c, verbose=False)
+    report = (tmp_path / "eval" / "report.md").read_text().splitlines()
+
+    def numbers(line):
+        return [float(x.strip(" *")) for x in line.split("|")[2:-1]]
+
+    for name, line in documented.items():
+        got = next(r for r in report if r.split("|")[1:2] and r.split("|")[1].strip() == name)
+        np.testing.assert_allclose(numbers(got), numbers(line), rtol=1e-2, atol=2e-3,
+                                   err_msg=f"{name}: docs {line!r}, command {got!r}")

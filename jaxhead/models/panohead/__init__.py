@@ -236,11 +236,3 @@ def load_panohead(directory: str | os.PathLike, *, verify: bool = True
     params_io.check_tree(flat_params, expected, what=f"PanoHead parameters in {where!r}")
     return G, jax.tree.map(jnp.asarray, flat_params)
 
-
-def _register() -> None:
-    from jaxhead.generators import register_generator
-
-    register_generator(FORMAT, load_panohead)
-
-
-_register()
