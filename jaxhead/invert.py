@@ -37,6 +37,7 @@ from jaxhead.models.lpips_vgg import load_lpips_vgg
 from jaxhead.models.panohead import PanoHead, load_panohead, save_panohead
 from jaxhead.projector import Projector, ProjectorConfig, Targets
 from jaxhead.utils.compile import jit
+from jaxhead.utils.image_io import to_uint8
 from jaxhead.utils.params_io import write_text_atomic
 
 PERCEPTUAL = {"vgg16_nvidia": "checkpoints/vgg16_nvidia", "lpips_vgg": "checkpoints/lpips_vgg"}
@@ -70,10 +71,6 @@ def pending(targets: list[Target], out: Path, pti: bool) -> list[Target]:
 def psnr(mse_m11: np.ndarray) -> np.ndarray:
     """PSNR in dB from the MSE of images in [-1, 1] (peak-to-peak 2)."""
     return 10 * np.log10(4.0 / np.maximum(mse_m11, 1e-12))
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((img + 1) * 127.5), 0, 255).astype(np.uint8)
 
 
 def _write_png(path: Path, img: np.ndarray) -> None:

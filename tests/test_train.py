@@ -116,7 +116,7 @@ def test_stylized_generator_changes_only_trainable_non_bias_params(demo_run):
     assert any(k.startswith("params/superresolution/") for k in changed)
     assert any(k.startswith("params/backbone/synthesis/") for k in changed)
     # the frozen copy used by the run is untouched (equal to a freshly built demo generator)
-    from jaxhead.training.models import build_models
+    from jaxhead.training.demo import build_models
 
     _, fresh = build_models(c)
     fa = params_io.flatten(jax.device_get(fresh["generator"]))
@@ -348,18 +348,21 @@ def test_fields_added_after_a_run_resume_at_their_default(tmp_path):
     saved = json.loads(validate_config(c).to_json_best_effort())
     del saved["tweedie_weight"]  # as written by a version without the field
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    check_resume(tmp_path, validate_config(c))
+    defaults = train.base_defaults()
+    check_resume(tmp_path, validate_config(c), defaults)
+    with pytest.raises(UsageError, match="tweedie_weight"):  # without defaults: a change
+        check_resume(tmp_path, validate_config(c))
     c.tweedie_weight = 0.3  # the "new" field away from its default: a change
     with pytest.raises(UsageError, match="tweedie_weight"):
-        check_resume(tmp_path, validate_config(c))
+        check_resume(tmp_path, validate_config(c), defaults)
     c.tweedie_weight = 0.1
     c.ldis_weight = 0.5  # a field the saved run has: refused as before
     with pytest.raises(UsageError, match="ldis_weight"):
-        check_resume(tmp_path, validate_config(c))
+        check_resume(tmp_path, validate_config(c), defaults)
     c = demo.get_config()
     c.coordinator_address = "host0:1234"  # new and resumable anyway
     c.preview_identities = 1
-    check_resume(tmp_path, validate_config(c))
+    check_resume(tmp_path, validate_config(c), defaults)
     saved["demo_teacher"] = "random_sd"
     del saved["coordinator_address"]
     (tmp_path / "config.json").write_text(json.dumps(saved))

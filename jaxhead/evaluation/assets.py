@@ -64,7 +64,7 @@ def parse_identity_seeds(spec: str) -> list[int] | None:
     """``"seeds:0-99"`` / ``"seeds:1,5,7-9"`` -> seeds; anything else (a directory) -> None."""
     if not spec.startswith("seeds:"):
         return None
-    from jaxhead.render import parse_seeds
+    from jaxhead.latents import parse_seeds
 
     try:
         return parse_seeds(spec[len("seeds:"):])
@@ -233,7 +233,7 @@ class Identity:
 
 def load_identities(config, ref: LoadedGenerator) -> list[Identity]:
     """Inverted ``*.npz`` (sorted by name) or mapped seeds; shapes checked against ``ref``."""
-    from jaxhead.render import seed_to_z
+    from jaxhead.latents import seed_to_z
 
     G = ref.G
     probe = jax.eval_shape(lambda p, z, c: G.mapping(p, z, c), ref.params,

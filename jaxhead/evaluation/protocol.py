@@ -27,8 +27,9 @@ from jaxhead.evaluation.cache import Cache, array_digest, content_key
 from jaxhead.mesh import representation_fn
 from jaxhead.metrics.clip import image_embeds
 from jaxhead.metrics.identity import face_embeddings
-from jaxhead.render import make_renderer, to_uint8
+from jaxhead.turntable import make_renderer
 from jaxhead.utils.compile import jit
+from jaxhead.utils.image_io import to_uint8
 
 RENDER_VERSION = 1  # bump when the render path changes what it produces
 EDIT_VERSION = 1

@@ -37,17 +37,12 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def _base_defaults() -> dict[str, Any]:
-    """Every field of ``configs/base.py`` with its default (JSON values), flattened."""
-    from configs import base
-
-    return _flat(json.loads(base.get_config().to_json_best_effort()))
-
-
-def check_resume(workdir: Path, config) -> None:
+def check_resume(workdir: Path, config, defaults: dict[str, Any] | None = None) -> None:
     """Refuse, before anything is written, to continue the run in ``workdir`` with a config
     that changes its trajectory (prompt, objective, optimizer, models, batch, ...). Fields in
-    :data:`RESUMABLE_CHANGES` and those named in ``config.resume_changed`` may change."""
+    :data:`RESUMABLE_CHANGES` and those named in ``config.resume_changed`` may change; a field
+    the saved run lacks (added to jaxhead since) may hold its value in ``defaults`` (the base
+    config as a JSON dict, e.g. ``configs/base.py``'s)."""
     path = workdir / "config.json"
     if not path.is_file():
         return
@@ -58,7 +53,7 @@ def check_resume(workdir: Path, config) -> None:
                          "in this workdir") from None
     new = json.loads(config.to_json_best_effort())
     allowed = set(RESUMABLE_CHANGES) | set(config.resume_changed)
-    saved_keys, defaults = set(_flat(saved)), _base_defaults()
+    saved_keys, defaults = set(_flat(saved)), _flat(defaults or {})
     refused = {k: v for k, v in config_changes(saved, new).items()
                if not any(k == f or k.startswith(f + ".") for f in allowed)
                # a field added to jaxhead after the run was saved, left at its default
