@@ -337,7 +337,7 @@ def write_fake_clone(root: Path, arch: str = "mb05", seed: int = 0, bfm: dict | 
                      ) -> tuple[TorchFaceBoxes, TorchMobileNet, dict, dict]:
     """A 3DDFA_V2 clone's five files with random weights, written the way the released ones
     are (MobileNet: ``{"state_dict": {"module.*", "module.fc_param.*", "module.fc_lm.*"}}``)."""
-    fb = randomize(TorchFaceBoxes(), seed)
+    fb = random_faceboxes(seed)
     net = randomize(TorchMobileNet({"mb1": 1.0, "mb05": 0.5}[arch]), seed + 1)
     for d in ("FaceBoxes/weights", "weights", "configs"):
         (root / d).mkdir(parents=True, exist_ok=True)

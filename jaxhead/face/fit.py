@@ -2,7 +2,7 @@
 ``FaceBoxes`` then ``TDDFA(img, boxes)``, ``recon_vers`` (sparse) and ``calc_pose``.
 
 Differences from the reference: images are resized with float bilinear interpolation
-(:func:`jaxhead.ops.resize.resize_bilinear`, the same sample positions as ``cv2.resize``
+(:func:`resize_crop`, the same sample positions as ``cv2.resize``
 INTER_LINEAR, without OpenCV's rounding to uint8), and the ROI is computed in float64.
 """
 
@@ -19,7 +19,7 @@ from jaxhead.face.pose import calc_pose, p2srt
 from jaxhead.face.roi import crop_roi, crop_to_image, roi_box_from_bbox
 from jaxhead.face.weights import TDDFAWeights
 from jaxhead.models import faceboxes, tddfa
-from jaxhead.ops.resize import resize_bilinear
+from jaxhead.ops.resize import resize_matrix
 
 
 @dataclass(frozen=True)
@@ -39,32 +39,36 @@ class FaceFit:
     angles: np.ndarray
 
 
+def resize_crop(crop: np.ndarray, size: int = tddfa.INPUT_SIZE) -> np.ndarray:
+    """ROI crop [h, w, 3] -> [size, size, 3] float32, bilinear with ``cv2.resize``
+    INTER_LINEAR's sample positions (half-pixel centres, edges clamped), on the host so the
+    network compiles once whatever the crop's size."""
+    mh = resize_matrix(crop.shape[0], size)
+    mw = resize_matrix(crop.shape[1], size)
+    rows = np.tensordot(mh, np.asarray(crop, np.float32), axes=(1, 0))  # [size, w, 3]
+    return np.einsum("iwc,jw->ijc", rows, mw, optimize=True).astype(np.float32)
+
+
 @jax.jit
-def _regress(net: dict, mean: jax.Array, std: jax.Array, crop: jax.Array) -> jax.Array:
-    """ROI crop [h, w, 3] -> 120x120 -> MobileNet -> de-normalised parameters [62]."""
-    size = tddfa.INPUT_SIZE
-    x = resize_bilinear(crop[None].astype(jnp.float32), (size, size))
-    return tddfa.denormalize(tddfa.forward(net, tddfa.normalize(x))[0], mean, std)
-
-
-def params_for_box(w: TDDFAWeights, image_bgr: np.ndarray, box: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The 62 de-normalised parameters of the face in ``box`` -> ``(param [62], roi_box)``."""
-    roi = roi_box_from_bbox(box)
-    crop = crop_roi(np.asarray(image_bgr), roi)
-    return np.asarray(_regress(w.mobilenet, w.param_mean, w.param_std, jnp.asarray(crop))), roi
+def _regress(net: dict, mean: jax.Array, std: jax.Array, bfm: dict, x: jax.Array):
+    """Resized crops [B, 120, 120, 3] -> (param [B, 62], landmarks [B, 3, 68] in the crop
+    frame, s [B], R [B, 3, 3], t3d [B, 3], angles [B, 3] in degrees)."""
+    param = tddfa.denormalize(tddfa.forward(net, tddfa.normalize(x)), mean, std)
+    s, r, t3d = p2srt(param[:, :12].reshape(-1, 3, 4))
+    _, angles = calc_pose(param)
+    return param, bfm_lib.landmarks(bfm, param), s, r, t3d, angles
 
 
 def fit_box(w: TDDFAWeights, image_bgr: np.ndarray, box: np.ndarray) -> FaceFit:
     """Parameters, landmarks and pose of the face in ``box`` (x1, y1, x2, y2[, score])."""
-    param, roi = params_for_box(w, image_bgr, box)
-    lm = np.asarray(bfm_lib.landmarks(w.bfm, jnp.asarray(param)))
-    s, r, t3d = p2srt(jnp.asarray(param[:12]).reshape(3, 4))
-    _, angles = calc_pose(jnp.asarray(param))
+    roi = roi_box_from_bbox(box)
+    x = resize_crop(crop_roi(np.asarray(image_bgr), roi))
+    out = _regress(w.mobilenet, w.param_mean, w.param_std, w.bfm, jnp.asarray(x)[None])
+    param, lm, s, r, t3d, angles = (np.asarray(a)[0] for a in out)
     full = np.zeros(5, np.float32)
     full[:len(box)] = np.asarray(box, np.float32)[:5]
-    return FaceFit(full, roi, param, crop_to_image(lm, roi, tddfa.INPUT_SIZE), float(s),
-                   np.asarray(r), np.asarray(t3d), np.asarray(angles))
+    return FaceFit(full, roi, param, crop_to_image(lm, roi, tddfa.INPUT_SIZE), float(s), r,
+                   t3d, angles)
 
 
 def fit_faces(w: TDDFAWeights, image_bgr: np.ndarray) -> list[FaceFit]:
