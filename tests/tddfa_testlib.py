@@ -151,9 +151,16 @@ def float_resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
     return y[0].numpy().transpose(1, 2, 0)
 
 
-def ref_detect(net: TorchFaceBoxes, img_bgr: np.ndarray, resize=float_resize) -> np.ndarray:
+def cv2_resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """The reference's ``cv2.resize(img, dsize=(w, h))`` (INTER_LINEAR)."""
+    import cv2
+
+    return cv2.resize(img, dsize=(w, h))
+
+
+def ref_detect(net: TorchFaceBoxes, img_bgr: np.ndarray, resize=cv2_resize) -> np.ndarray:
     """``FaceBoxes.__call__``: down-scaling rule, forward, decode, threshold, top-k, NMS;
-    ``resize(img, w, h)`` stands for its ``cv2.resize``."""
+    ``resize(img, w, h)`` is its ``cv2.resize`` (or a stand-in for float images)."""
     h, w = img_bgr.shape[:2]
     scale = 1
     if h > 720:

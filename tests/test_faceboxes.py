@@ -9,7 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tddfa_testlib import (  # noqa: E402
-        random_faceboxes,
+        cv2_resize,
+    float_resize,
+    random_faceboxes,
     ref_cpu_nms,
     ref_decode,
     ref_detect,
@@ -75,13 +77,15 @@ def test_nms_matches_cpu_nms():
     assert faceboxes.nms(pair, 1 / 3) == ref_cpu_nms(pair, 1 / 3) == [0]
 
 
-@pytest.mark.parametrize("hw", [(150, 200), (730, 60), (40, 1200)])
-def test_detect_matches_reference(nets, hw):
-    """Whole ``FaceBoxes.__call__``; (730, 60) and (40, 1200) take the down-scaling path
-    (the reference's cv2.resize stood for by the same float bilinear resize)."""
+@pytest.mark.parametrize("hw, dtype", [((150, 200), np.uint8), ((730, 60), np.uint8),
+                                       ((40, 1200), np.uint8), ((730, 60), np.float32)])
+def test_detect_matches_reference(nets, hw, dtype):
+    """Whole ``FaceBoxes.__call__``; (730, 60) and (40, 1200) take the down-scaling path:
+    uint8 images through the reference's own cv2.resize, float images (which the reference
+    does not take) against a float bilinear resize at the same sample points."""
     net, params = nets
-    img = np.random.default_rng(4).uniform(0, 255, (*hw, 3)).astype(np.uint8)
-    want = ref_detect(net, img)
+    img = np.random.default_rng(4).uniform(0, 255, (*hw, 3)).astype(np.uint8).astype(dtype)
+    want = ref_detect(net, img, resize=cv2_resize if dtype == np.uint8 else float_resize)
     got = faceboxes.detect(params, img)
     assert len(want) > 0
     assert got.shape == want.shape

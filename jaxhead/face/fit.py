@@ -1,9 +1,9 @@
 """One photo -> faces with 3DMM parameters, 68 landmarks and head pose: 3DDFA_V2's
 ``FaceBoxes`` then ``TDDFA(img, boxes)``, ``recon_vers`` (sparse) and ``calc_pose``.
 
-Differences from the reference: images are resized with float bilinear interpolation
-(:func:`resize_crop`, the same sample positions as ``cv2.resize``
-INTER_LINEAR, without OpenCV's rounding to uint8), and the ROI is computed in float64.
+uint8 images are resized as the reference's ``cv2.resize`` does (bit-exact restatement in
+:mod:`jaxhead.ops.cv2_resize`); float images bilinearly at the same sample points. The ROI is
+computed in float64 (the reference mixes float32 and float64).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from jaxhead.face.pose import calc_pose, p2srt
 from jaxhead.face.roi import crop_roi, crop_to_image, roi_box_from_bbox
 from jaxhead.face.weights import TDDFAWeights
 from jaxhead.models import faceboxes, tddfa
+from jaxhead.ops.cv2_resize import resize_linear_u8
 from jaxhead.ops.resize import resize_matrix
 
 
@@ -40,9 +41,12 @@ class FaceFit:
 
 
 def resize_crop(crop: np.ndarray, size: int = tddfa.INPUT_SIZE) -> np.ndarray:
-    """ROI crop [h, w, 3] -> [size, size, 3] float32, bilinear with ``cv2.resize``
-    INTER_LINEAR's sample positions (half-pixel centres, edges clamped), on the host so the
-    network compiles once whatever the crop's size."""
+    """ROI crop [h, w, 3] -> [size, size, 3] float32 on the host (the network then compiles
+    once whatever the crop's size): a uint8 crop exactly as the reference's ``cv2.resize``
+    (:func:`~jaxhead.ops.cv2_resize.resize_linear_u8`), a float crop bilinear at the same
+    sample points without OpenCV's fixed-point rounding."""
+    if crop.dtype == np.uint8:
+        return resize_linear_u8(crop, (size, size)).astype(np.float32)
     mh = resize_matrix(crop.shape[0], size)
     mw = resize_matrix(crop.shape[1], size)
     rows = np.tensordot(mh, np.asarray(crop, np.float32), axes=(1, 0))  # [size, w, 3]

@@ -220,17 +220,24 @@ def _boxes_scores(params: Params, img: Array) -> tuple[Array, Array]:
 def detect(params: Params, image_bgr: np.ndarray | Array) -> np.ndarray:
     """Faces in one BGR image [H, W, 3] (values 0..255) -> ``[N, 5]`` float32 rows
     (x1, y1, x2, y2, score) in the image's pixels, best first, score > 0.5; the reference
-    ``FaceBoxes.__call__``. Large images are scaled down by :func:`detector_scale` first, with
-    float bilinear interpolation (the reference's ``cv2.resize`` rounds to uint8)."""
+    ``FaceBoxes.__call__``. Large images are scaled down by :func:`detector_scale` first: a
+    uint8 image as the reference's ``cv2.resize`` does it (:mod:`jaxhead.ops.cv2_resize`,
+    bit-exact), a float image with float bilinear interpolation at the same sample points."""
+    from jaxhead.ops.cv2_resize import resize_linear_u8
     from jaxhead.ops.resize import resize_bilinear
 
-    img = jnp.asarray(image_bgr, jnp.float32)
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"detect expects one [H, W, 3] BGR image, got shape {img.shape}")
-    h, w = img.shape[:2]
+    if np.ndim(image_bgr) != 3 or np.shape(image_bgr)[-1] != 3:
+        raise ValueError(f"detect expects one [H, W, 3] BGR image, got shape "
+                         f"{np.shape(image_bgr)}")
+    h, w = np.shape(image_bgr)[:2]
     scale = detector_scale(h, w)
-    if scale != 1.0:
-        img = resize_bilinear(img[None], (int(scale * h), int(scale * w)))[0]
+    size = (int(scale * h), int(scale * w))
+    if scale != 1.0 and np.asarray(image_bgr).dtype == np.uint8:
+        img = jnp.asarray(resize_linear_u8(np.asarray(image_bgr), size[::-1]), jnp.float32)
+    elif scale != 1.0:
+        img = resize_bilinear(jnp.asarray(image_bgr, jnp.float32)[None], size)[0]
+    else:
+        img = jnp.asarray(image_bgr, jnp.float32)
     hs, ws = img.shape[:2]
     boxes, scores = (np.asarray(a) for a in _boxes_scores(params, img[None]))
     boxes = boxes * np.array([ws, hs, ws, hs], np.float32) / np.float32(scale)
