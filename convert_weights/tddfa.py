@@ -9,8 +9,9 @@ Reads, from the clone (all are in its git tree):
   (:mod:`jaxhead.models.tddfa`; ``module.`` prefixes dropped, ``fc_param`` -> ``fc``, the
   unused ``fc_lm`` head left out, as the reference's loader does);
 * ``configs/param_mean_std_62d_120x120.pkl``: the 62-d parameter mean / std;
-* ``configs/bfm_noneck_v3.pkl``: the BFM; only the keypoint rows the 68 landmarks use are kept
-  (``u[keypoints]``, ``w_shp[keypoints, :40]``, ``w_exp[keypoints, :10]``, ``keypoints``).
+* ``configs/bfm_noneck_v3.pkl``: the BFM; kept are the mean shape ``u`` and the keypoint rows
+  the 68 landmarks use (``u[keypoints]``, ``w_shp[keypoints, :40]``, ``w_exp[keypoints, :10]``,
+  ``keypoints``); the dense bases and the triangles are not needed.
 
 ``.pth`` files are read with ``torch.load(weights_only=True)``; ``.pkl`` files with the
 restricted unpickler (:func:`convert_weights.safe_pickle.safe_load_arrays`: numpy array records
@@ -145,8 +146,8 @@ def mean_std_params(d: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
 
 def bfm_params(d: Mapping[str, Any], where: str) -> tuple[dict[str, np.ndarray], int]:
     """The BFM pickle's ``u`` [3N(, 1)], ``w_shp`` [3N, >=40], ``w_exp`` [3N, >=10] and
-    ``keypoints`` [204] (indices into the 3N rows) -> the keypoint rows (float32) and N.
-    Shapes are checked against each other."""
+    ``keypoints`` [204] (indices into the 3N rows) -> the whole ``u`` and the keypoint rows
+    (float32), and N. Shapes are checked against each other."""
     u, w_shp, w_exp, kp = (_array(d, k, where) for k in ("u", "w_shp", "w_exp", "keypoints"))
     if u.ndim not in (1, 2) or (u.ndim == 2 and u.shape[1] != 1):
         raise DataError(f"{where}: 'u' has shape {u.shape}, expected [3N] or [3N, 1]")
@@ -166,14 +167,14 @@ def bfm_params(d: Mapping[str, Any], where: str) -> tuple[dict[str, np.ndarray],
     if kp.min() < 0 or kp.max() >= rows:
         raise DataError(f"{where}: 'keypoints' index rows outside 0..{rows - 1} of 'u' "
                         f"(min {kp.min()}, max {kp.max()})")
-    out = {"u_base": u.reshape(-1)[kp].astype(np.float32),
+    out = {"u": u.reshape(-1).astype(np.float32),
+           "u_base": u.reshape(-1)[kp].astype(np.float32),
            "w_shp_base": w_shp[kp, :SHAPE_DIM].astype(np.float32),
            "w_exp_base": w_exp[kp, :EXP_DIM].astype(np.float32),
            "keypoints": kp}
     for k, v in out.items():
         if not np.all(np.isfinite(v)):
-            raise DataError(f"{where}: the keypoint rows of {k.removesuffix('_base')!r} hold "
-                            "NaN/inf values")
+            raise DataError(f"{where}: {k.removesuffix('_base')!r} holds NaN/inf values")
     return out, rows // 3
 
 
@@ -197,7 +198,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, arch: str = "mb1") -
     ms = mean_std_params(_pickle_dict(ms_path), str(ms_path))
     bfm, n_vertices = bfm_params(_pickle_dict(bfm_path), str(bfm_path))
     params = {"faceboxes": fb, "mobilenet": net, "bfm": bfm, **ms}
-    check_tree(params, param_shapes(wf), what="converted 3DDFA_V2 params")
+    check_tree(params, param_shapes(wf, n_vertices), what="converted 3DDFA_V2 params")
     save_params(dst, params, {
         "model": MODEL_NAME, "arch": arch, "widen_factor": wf,
         "input_size": tddfa.INPUT_SIZE, "num_landmarks": NUM_LANDMARKS,

@@ -25,6 +25,7 @@ from tddfa_testlib import (  # noqa: E402
 
 from convert_weights import tddfa as conv  # noqa: E402
 from jaxhead.errors import DataError, MissingWeightsError, run_cli  # noqa: E402
+from jaxhead.face.bfm import mean_depth as bfm_mean_depth  # noqa: E402
 from jaxhead.face.fit import fit_faces  # noqa: E402
 from jaxhead.face.weights import load_tddfa  # noqa: E402
 
@@ -53,6 +54,9 @@ def test_convert_load_and_run_matches_reference(clone, tmp_path, capsys):
     assert "converted 3DDFA_V2" in capsys.readouterr().out
     w = load_tddfa(out)
     assert w.config["arch"] == "mb05" and w.config["bfm_vertices"] == 300
+    np.testing.assert_array_equal(np.asarray(w.bfm["u"]), bfm["u"].reshape(-1))
+    assert float(bfm_mean_depth(w.bfm)) == pytest.approx(
+        bfm["u"].reshape(3, -1, order="F")[2].mean(), rel=1e-5)
     assert set(w.config["sources"]) == set(conv.source_files("mb05").values())
 
     img = np.random.default_rng(6).integers(0, 256, (160, 200, 3), dtype=np.uint8)
@@ -153,6 +157,7 @@ def test_reduced_bfm_with_consistent_shapes_converts(tmp_path):
     out, n = conv.bfm_params(b, "x")
     assert n == 100 and out["w_shp_base"].shape == (204, 40)
     np.testing.assert_array_equal(out["u_base"], b["u"][b["keypoints"]])
+    np.testing.assert_array_equal(out["u"], b["u"])
 
 
 def test_wrong_arch_and_loader_errors(clone, tmp_path, capsys):

@@ -1,11 +1,11 @@
 """The 68 sparse landmarks of 3DDFA_V2's BFM (``bfm/bfm.py`` ``BFMModel`` and
 ``TDDFA.recon_vers(dense_flag=False)``) from the 62 de-normalised parameters.
 
-BFM arrays (converted by ``python -m convert_weights.tddfa``), the keypoint rows of
-``configs/bfm_noneck_v3.pkl`` (``u[keypoints]``, ``w_shp[keypoints, :40]``,
-``w_exp[keypoints, :10]``)::
+BFM arrays (converted by ``python -m convert_weights.tddfa``) from
+``configs/bfm_noneck_v3.pkl``: the mean shape and its keypoint rows (``u[keypoints]``,
+``w_shp[keypoints, :40]``, ``w_exp[keypoints, :10]``)::
 
-    u_base [204]  w_shp_base [204, 40]  w_exp_base [204, 10]
+    u [3N]  u_base [204]  w_shp_base [204, 40]  w_exp_base [204, 10]
 
 Rows are vertex-major ``(x0, y0, z0, x1, ...)``; landmarks are in the 120x120 crop frame
 (map them to the image with :func:`jaxhead.face.roi.crop_to_image`).
@@ -41,3 +41,9 @@ def landmarks(bfm: dict[str, Any], param: Array) -> Array:
     v = bfm["u_base"][:, None] + bfm["w_shp_base"] @ shp + bfm["w_exp_base"] @ exp
     pts = jnp.swapaxes(v[..., 0].reshape(*v.shape[:-2], -1, 3), -1, -2)  # [..., 3, 68]
     return r @ pts + offset
+
+
+def mean_depth(bfm: dict[str, Any]) -> Array:
+    """Mean z of the BFM's mean shape over all its vertices (``u.reshape(3, -1, order="F")[2]
+    .mean()``), the object-centre offset PanoHead's recropping adds along z."""
+    return jnp.mean(bfm["u"][2::3])

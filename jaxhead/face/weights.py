@@ -22,8 +22,9 @@ CONVERT_HINT = "python -m convert_weights.tddfa PATH/TO/3DDFA_V2 checkpoints/tdd
 @dataclass(frozen=True)
 class TDDFAWeights:
     """Converted 3DDFA_V2: ``faceboxes`` and ``mobilenet`` params (see their modules), ``bfm``
-    {u_base [204], w_shp_base [204, 40], w_exp_base [204, 10]}, ``param_mean`` / ``param_std``
-    [62], and the ``config`` written by the converter (arch, widen_factor, sources)."""
+    {u [3N] (the whole mean shape, vertex-major x, y, z), u_base [204], w_shp_base [204, 40],
+    w_exp_base [204, 10]}, ``param_mean`` / ``param_std`` [62], and the ``config`` written by
+    the converter (arch, widen_factor, bfm_vertices N, sources)."""
 
     faceboxes: dict[str, Any]
     mobilenet: dict[str, Any]
@@ -33,13 +34,14 @@ class TDDFAWeights:
     config: dict[str, Any]
 
 
-def param_shapes(widen_factor: float) -> dict[str, Any]:
-    """Expected shapes of the whole converted bundle (``keypoints`` [204] int64 included)."""
+def param_shapes(widen_factor: float, n_vertices: int) -> dict[str, Any]:
+    """Expected shapes of the whole converted bundle (``keypoints`` [204] int64 included) for
+    a BFM of ``n_vertices`` vertices."""
     n = 3 * NUM_LANDMARKS
     return {"faceboxes": faceboxes.param_shapes(),
             "mobilenet": tddfa.param_shapes(widen_factor),
-            "bfm": {"u_base": (n,), "w_shp_base": (n, SHAPE_DIM), "w_exp_base": (n, EXP_DIM),
-                    "keypoints": (n,)},
+            "bfm": {"u": (3 * n_vertices,), "u_base": (n,), "w_shp_base": (n, SHAPE_DIM),
+                    "w_exp_base": (n, EXP_DIM), "keypoints": (n,)},
             "param_mean": (tddfa.NUM_PARAMS,), "param_std": (tddfa.NUM_PARAMS,)}
 
 
@@ -59,7 +61,11 @@ def load_tddfa(directory: str | os.PathLike) -> TDDFAWeights:
     if not isinstance(wf, (int, float)) or wf <= 0:
         raise DataError(f"{os.fspath(directory)}: config.json widen_factor={wf!r} is not a "
                         "positive number")
-    check_tree(params, param_shapes(float(wf)), what=f"3DDFA_V2 params in {directory}")
+    nv = config.get("bfm_vertices")
+    if not isinstance(nv, int) or nv <= 0:
+        raise DataError(f"{os.fspath(directory)}: config.json bfm_vertices={nv!r} is not a "
+                        "positive integer")
+    check_tree(params, param_shapes(float(wf), nv), what=f"3DDFA_V2 params in {directory}")
     to_jnp = lambda t: jax.tree.map(jnp.asarray, t)  # noqa: E731
     bfm = {k: jnp.asarray(v) for k, v in params["bfm"].items() if k != "keypoints"}
     return TDDFAWeights(to_jnp(params["faceboxes"]), to_jnp(params["mobilenet"]), bfm,
