@@ -1,11 +1,12 @@
-"""``warp_affine_lanczos4_u8`` vs OpenCV's ``cv2.warpAffine`` (INTER_LANCZOS4) on uint8 images."""
+"""``warp_affine_lanczos4_u8`` / ``warp_affine_linear_u8`` vs OpenCV's ``cv2.warpAffine`` on uint8
+images."""
 
 import numpy as np
 import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from jaxhead.ops.cv2_warp import warp_affine_lanczos4_u8  # noqa: E402
+from jaxhead.ops.cv2_warp import warp_affine_lanczos4_u8, warp_affine_linear_u8  # noqa: E402
 
 
 def _image(h: int, w: int, c: int | None = 3, seed: int = 0) -> np.ndarray:
@@ -46,8 +47,28 @@ def test_gray_identity_and_upsampled_map():
     np.testing.assert_array_equal(warp_affine_lanczos4_u8(img, m, (90, 70), "reflect"), want)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_matches_opencv(seed):
+    """INTER_LINEAR as the installed OpenCV computes it (float path of OpenCV >= 4.11); the
+    white image is PanoHead's ``crop_mask``."""
+    img, m = _image(70, 90, seed=seed), _affine(seed)
+    for x in (img, np.full_like(img, 255)):
+        np.testing.assert_array_equal(warp_affine_linear_u8(x, m, (64, 48)),
+                                      cv2.warpAffine(x, m, (64, 48)))
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="uint8"):
         warp_affine_lanczos4_u8(np.zeros((4, 4), np.float32), np.eye(2, 3), (2, 2))
     with pytest.raises(ValueError, match="border"):
         warp_affine_lanczos4_u8(np.zeros((4, 4), np.uint8), np.eye(2, 3), (2, 2), "wrap")
+
+
+@pytest.mark.parametrize("k", [5, 21, 31])
+def test_box_blur_matches_opencv(k):
+    from jaxhead.ops.cv2_blur import box_blur
+
+    img = _image(60, 75, seed=4)
+    np.testing.assert_array_equal(box_blur(img, k), cv2.blur(img, (k, k)))
+    mask = img.astype(np.float32).mean(2)
+    np.testing.assert_array_equal(box_blur(mask, k), cv2.blur(mask, (k, k)))

@@ -1,6 +1,6 @@
-"""OpenCV's ``cv2.warpAffine(img, M, (w, h), flags=INTER_LANCZOS4, borderMode=...)`` on uint8
-images, restated in numpy (PanoHead's recropping warps photos with it; jaxhead has no runtime
-OpenCV dependency).
+"""OpenCV's ``cv2.warpAffine`` on uint8 images, restated in numpy (PanoHead's recropping warps
+photos with INTER_LANCZOS4 and a white mask with INTER_LINEAR; jaxhead has no runtime OpenCV
+dependency). LANCZOS4 (:func:`warp_affine_lanczos4_u8`):
 
 OpenCV inverts ``M`` (``WARP_INVERSE_MAP`` not set), walks the output in 1/1024-pixel fixed
 point (``round(M * x * 1024)`` per column plus ``round((M y + b) * 1024) + 16`` per row),
@@ -10,7 +10,8 @@ point (a table built from the float kernel, rounded, its sum forced to 32768 by 
 central tap), rounding ``(sum + 2^14) >> 15`` and saturating to 0..255. Taps outside the image
 are zero (``"constant"``) or mirrored ``abc|cba`` (``"reflect"``, BORDER_REFLECT).
 
-Checked bit-exact against opencv-python 4.x in tests/test_cv2_warp.py.
+INTER_LINEAR: :func:`warp_affine_linear_u8`. Both checked bit-exact against the installed
+opencv-python (5.1) in tests/test_cv2_warp.py.
 """
 
 from __future__ import annotations
@@ -133,3 +134,34 @@ def warp_affine_lanczos4_u8(img: np.ndarray, m: np.ndarray, size: tuple[int, int
         s = np.sum(np.where(valid[..., None], pix, 0) * k[..., None], axis=(1, 2))
         out[y] = np.clip((s + (1 << (COEF_BITS - 1))) >> COEF_BITS, 0, 255)
     return out.reshape(h, w, *img.shape[2:])
+
+
+
+def warp_affine_linear_u8(img: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``cv2.warpAffine(img, m, size)`` (INTER_LINEAR, BORDER_CONSTANT zeros) for a uint8 image
+    as OpenCV >= 4.11 computes it: source coordinates of the inverted map in float64 cast to
+    float32, bilinear ``lerp`` in float32 (outside pixels 0), rounded to nearest. (Older
+    OpenCV used a 1/32-pixel fixed-point grid here; it differs by a few levels at edges.)"""
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"warp_affine_linear_u8 expects a uint8 image, got {img.dtype}")
+    inv = invert_affine(m)
+    w, h = int(size[0]), int(size[1])
+    src_h, src_w = img.shape[:2]
+    src = img.astype(np.float32).reshape(src_h, src_w, -1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    sx = (inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]).astype(np.float32)
+    sy = (inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]).astype(np.float32)
+    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
+    fx = (sx - x0).astype(np.float32)[..., None]
+    fy = (sy - y0).astype(np.float32)[..., None]
+
+    def pixel(yi: np.ndarray, xi: np.ndarray) -> np.ndarray:
+        inside = (yi >= 0) & (yi < src_h) & (xi >= 0) & (xi < src_w)
+        v = src[np.clip(yi, 0, src_h - 1), np.clip(xi, 0, src_w - 1)]
+        return np.where(inside[..., None], v, np.float32(0))
+
+    top = pixel(y0, x0) + fx * (pixel(y0, x0 + 1) - pixel(y0, x0))
+    bottom = pixel(y0 + 1, x0) + fx * (pixel(y0 + 1, x0 + 1) - pixel(y0 + 1, x0))
+    v = top + fy * (bottom - top)
+    return np.clip(np.rint(v), 0, 255).astype(np.uint8).reshape(h, w, *img.shape[2:])
