@@ -5,7 +5,7 @@ import pytest
 
 cv2 = pytest.importorskip("cv2")
 
-from jaxhead.ops.cv2_resize import resize_linear_u8  # noqa: E402
+from jaxhead.ops.cv2_resize import downscale_area_2x_u8, resize_linear_u8  # noqa: E402
 
 
 def _image(h: int, w: int, c: int | None = 3, seed: int = 0) -> np.ndarray:
@@ -45,3 +45,9 @@ def test_upscaling_and_mixed_are_bit_exact(src, dst):
 def test_bad_input():
     with pytest.raises(ValueError, match="uint8"):
         resize_linear_u8(np.zeros((4, 4), np.float32), (2, 2))
+
+
+def test_area_2x_matches_opencv():
+    img = _image(126, 90, seed=3)
+    want = cv2.resize(img, (45, 63), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(downscale_area_2x_u8(img), want)

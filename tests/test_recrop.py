@@ -89,10 +89,21 @@ def test_crop_bound_and_affine(seed):
     np.testing.assert_allclose(quad.c, c)
     bound = recrop.crop_corners(512)
     mat = recrop.affine_from_points(quad.corners()[:3], bound[:3])
-    np.testing.assert_allclose(mat, cv2.getAffineTransform(want[:3], bound[:3]), rtol=1e-9,
-                               atol=1e-9)
+    np.testing.assert_array_equal(mat, cv2.getAffineTransform(want[:3], bound[:3]))
     # the fourth corner lands on the crop's fourth corner too (a square onto a square)
     np.testing.assert_allclose(mat @ [*quad.corners()[3], 1.0], bound[3], atol=1e-3)
+
+
+def test_affine_from_points_is_opencvs_bit_for_bit():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        src = rng.uniform(0, 900, (3, 2)).astype(np.float32)
+        dst = rng.uniform(0, 600, (3, 2)).astype(np.float32)
+        np.testing.assert_array_equal(recrop.affine_from_points(src, dst),
+                                      cv2.getAffineTransform(src, dst))
+    with pytest.raises(ValueError, match="collinear"):
+        recrop.affine_from_points([[0, 0], [1, 1], [2, 2]], [[0, 0], [1, 0], [0, 1]])
 
 
 def test_center_box_index():

@@ -61,10 +61,37 @@ def crop_bound(lm: np.ndarray) -> Quad:
 
 
 def affine_from_points(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The [2, 3] affine map sending the three points ``src`` [3, 2] to ``dst`` [3, 2]
-    (``cv2.getAffineTransform``), float64."""
-    a = np.concatenate([np.asarray(src, np.float64)[:3], np.ones((3, 1))], 1)
-    return np.linalg.solve(a, np.asarray(dst, np.float64)[:3]).T
+    """The [2, 3] affine map sending the three points ``src`` [3, 2] to ``dst`` [3, 2],
+    computed as ``cv2.getAffineTransform`` does (points as float32, the 6 x 6 system solved by
+    OpenCV's Gaussian elimination with partial pivoting in float64), so that the warps that
+    round it to fixed point see the same bits. float64."""
+    p = np.asarray(src, np.float32)[:3].astype(np.float64)
+    q = np.asarray(dst, np.float32)[:3].astype(np.float64)
+    a = [[0.0] * 6 for _ in range(6)]
+    b = [0.0] * 6
+    for i in range(3):
+        a[2 * i][:3] = [p[i, 0], p[i, 1], 1.0]
+        a[2 * i + 1][3:] = [p[i, 0], p[i, 1], 1.0]
+        b[2 * i], b[2 * i + 1] = float(q[i, 0]), float(q[i, 1])
+    for i in range(6):
+        k = max(range(i, 6), key=lambda j: (abs(a[j][i]), -j))  # first of the largest
+        if abs(a[k][i]) < np.finfo(np.float64).eps:
+            raise ValueError("the three source points are collinear")
+        if k != i:
+            a[i][i:], a[k][i:] = a[k][i:], a[i][i:]
+            b[i], b[k] = b[k], b[i]
+        d = -1.0 / a[i][i]
+        for j in range(i + 1, 6):
+            alpha = a[j][i] * d
+            for c in range(i + 1, 6):
+                a[j][c] += alpha * a[i][c]
+            b[j] += alpha * b[i]
+    for i in range(5, -1, -1):
+        acc = b[i]
+        for c in range(i + 1, 6):
+            acc -= a[i][c] * b[c]
+        b[i] = acc / a[i][i]
+    return np.array(b).reshape(2, 3)
 
 
 def crop_corners(size: int) -> np.ndarray:

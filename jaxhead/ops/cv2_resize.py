@@ -52,9 +52,7 @@ def resize_linear_u8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (src_h, src_w) == (h, w):
         return img.copy()
     if src_w == 2 * w and src_h == 2 * h:  # cv::resize uses INTER_AREA here
-        x = img.astype(np.int64)
-        s = x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]
-        return ((s + 2) >> 2).astype(np.uint8)
+        return downscale_area_2x_u8(img)
     x = img.astype(np.int64)
     x0, x1, ax = _coeffs(src_w, w, clamp=True)
     y0, y1, ay = _coeffs(src_h, h, clamp=False)
@@ -64,3 +62,16 @@ def resize_linear_u8(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     b1 = ay[(slice(None), 1, None, *extra)]
     v = (((rows[y0] >> 4) * b0) >> 16) + (((rows[y1] >> 4) * b1) >> 16)
     return np.clip((v + 2) >> 2, 0, 255).astype(np.uint8)
+
+
+def downscale_area_2x_u8(img: np.ndarray) -> np.ndarray:
+    """``cv2.resize(img, (W // 2, H // 2), interpolation=cv2.INTER_AREA)`` for a uint8 image of
+    even size: the rounded mean ``(a + b + c + d + 2) >> 2`` of each 2 x 2 block."""
+    img = np.asarray(img)
+    h, w = img.shape[:2]
+    if img.dtype != np.uint8 or h % 2 or w % 2:
+        raise ValueError(f"downscale_area_2x_u8 expects a uint8 image of even size, got "
+                         f"{img.dtype} {img.shape}")
+    x = img.astype(np.int64)
+    s = x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]
+    return ((s + 2) >> 2).astype(np.uint8)

@@ -10,8 +10,8 @@ point (a table built from the float kernel, rounded, its sum forced to 32768 by 
 central tap), rounding ``(sum + 2^14) >> 15`` and saturating to 0..255. Taps outside the image
 are zero (``"constant"``) or mirrored ``abc|cba`` (``"reflect"``, BORDER_REFLECT).
 
-INTER_LINEAR: :func:`warp_affine_linear_u8`. Both checked bit-exact against the installed
-opencv-python (5.1) in tests/test_cv2_warp.py.
+INTER_LINEAR: :func:`warp_affine_linear_u8` (within 1 level, not bit-exact, see there).
+Checked against the installed opencv-python (5.1) in tests/test_cv2_warp.py.
 """
 
 from __future__ import annotations
@@ -138,10 +138,13 @@ def warp_affine_lanczos4_u8(img: np.ndarray, m: np.ndarray, size: tuple[int, int
 
 
 def warp_affine_linear_u8(img: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``cv2.warpAffine(img, m, size)`` (INTER_LINEAR, BORDER_CONSTANT zeros) for a uint8 image
-    as OpenCV >= 4.11 computes it: source coordinates of the inverted map in float64 cast to
-    float32, bilinear ``lerp`` in float32 (outside pixels 0), rounded to nearest. (Older
-    OpenCV used a 1/32-pixel fixed-point grid here; it differs by a few levels at edges.)"""
+    """``cv2.warpAffine(img, m, size)`` (INTER_LINEAR, BORDER_CONSTANT zeros) for a uint8 image,
+    close to OpenCV >= 4.11's float path: source coordinates of the inverted map in float64
+    cast to float32, bilinear ``lerp`` in float32 (outside pixels 0), rounded to nearest.
+    Not bit-exact: OpenCV rounds its float32 coordinates differently (single-precision
+    matrix, FMA), so about 1 value in 10^4 differs by 1 (measured in tests/test_cv2_warp.py);
+    OpenCV < 4.11 used a 1/32-pixel fixed-point grid instead. PanoHead uses it only for the
+    white mask of ``crop_final``."""
     img = np.asarray(img)
     if img.dtype != np.uint8:
         raise ValueError(f"warp_affine_linear_u8 expects a uint8 image, got {img.dtype}")
