@@ -27,13 +27,14 @@ def ref_get_crop_bound(lm):
 
 
 def ref_read_pose(param, roi_box0, w, h, u_z_mean, size=120):
-    """The loop body of ``recrop_images.main`` from ``P2sRt`` to ``s``, in float32 arrays as
-    the reference keeps them."""
+    """The loop body of ``recrop_images.main`` from ``P2sRt`` to ``s``: t3d in a float32
+    array as the reference keeps it, scalar arithmetic promoted as numpy 1.x did (a numpy
+    float32 scalar with a Python float gives float64), PanoHead's environment."""
     param = np.array(param, np.float32)
     p = param[:12].reshape(3, -1)
     t3d = p[:, 3]
     r1, r2 = p[0:1, :3], p[1:2, :3]
-    s_relative = (np.linalg.norm(r1) + np.linalg.norm(r2)) / 2.0
+    s_relative = float(np.linalg.norm(r1) + np.linalg.norm(r2)) / 2.0
     r1, r2 = r1 / np.linalg.norm(r1), r2 / np.linalg.norm(r2)
     r = np.concatenate((r1, r2, np.cross(r1, r2)), 0)
     if r[2, 0] > 0.998:
@@ -50,10 +51,10 @@ def ref_read_pose(param, roi_box0, w, h, u_z_mean, size=120):
     t3d += trans.reshape(3)
     sx, sy, ex, ey = roi_box0
     scale_x, scale_y = (ex - sx) / size, (ey - sy) / size
-    t3d[0] = (t3d[0] - 1) * scale_x + sx
-    t3d[1] = (size - t3d[1]) * scale_y + sy
-    t3d[0] = (t3d[0] - 0.5 * (w - 1)) / (0.5 * (w - 1))
-    t3d[1] = (t3d[1] - 0.5 * (h - 1)) / (0.5 * (h - 1))
+    t3d[0] = float(t3d[0] - 1) * scale_x + sx
+    t3d[1] = float(size - t3d[1]) * scale_y + sy
+    t3d[0] = (float(t3d[0]) - 0.5 * (w - 1)) / (0.5 * (w - 1))
+    t3d[1] = (float(t3d[1]) - 0.5 * (h - 1)) / (0.5 * (h - 1))
     t3d[1] *= -1
     t3d[2] = 0
     s_relative = s_relative * 2000

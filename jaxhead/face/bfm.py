@@ -43,7 +43,11 @@ def landmarks(bfm: dict[str, Any], param: Array) -> Array:
     return r @ pts + offset
 
 
-def mean_depth(bfm: dict[str, Any]) -> Array:
-    """Mean z of the BFM's mean shape over all its vertices (``u.reshape(3, -1, order="F")[2]
-    .mean()``), the object-centre offset PanoHead's recropping adds along z."""
-    return jnp.mean(bfm["u"][2::3])
+def mean_depth(bfm: dict[str, Any]) -> float:
+    """Mean z of the BFM's mean shape over all its vertices, the object-centre offset
+    PanoHead's recropping adds along z: ``u.reshape(3, -1, order="F")[2].mean()`` evaluated
+    in numpy float32 exactly as the reference writes it (same summation, same bits)."""
+    import numpy as np
+
+    u = np.asarray(bfm["u"], np.float32).reshape(-1, 1)
+    return float(u.reshape(3, -1, order="F")[2].mean())

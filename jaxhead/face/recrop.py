@@ -129,17 +129,22 @@ def crop_pose(param: np.ndarray, roi_box: Sequence[float], w: int, h: int,
     (the first detected face's ROI, whichever face ``center_box_index`` picked)."""
     p = np.asarray(param, np.float32)
     cam = p[:12].reshape(3, 4)
-    s_rel, r, t3d = (np.asarray(v, np.float64) for v in p2srt(cam))
+    _, r, _ = (np.asarray(v) for v in p2srt(cam))
+    s_rel = float(np.linalg.norm(cam[0, :3]) + np.linalg.norm(cam[1, :3])) / 2.0
     angles = np.degrees(np.asarray(matrix2angle(r), np.float64))
-    t3d = t3d + cam[:, :3].astype(np.float64) @ np.array([0.0, 0.0, 0.5 * mean_depth])
+    # the reference keeps t3d in a float32 view of the parameters: every store rounds to
+    # float32; intermediates are float64 (numpy 1.x promotion, PanoHead's environment)
+    t = np.array(cam[:, 3], np.float32)
+    t += cam[:, :3] @ np.array([0.0, 0.0, 0.5 * mean_depth])
     sx, sy, ex, ey = (float(v) for v in roi_box)
-    t = t3d.copy()
-    t[0] = (t[0] - 1) * (ex - sx) / size + sx
-    t[1] = (size - t[1]) * (ey - sy) / size + sy
-    t[0] = (t[0] - 0.5 * (w - 1)) / (0.5 * (w - 1))
-    t[1] = -(t[1] - 0.5 * (h - 1)) / (0.5 * (h - 1))
+    t[0] = float(t[0] - 1) * ((ex - sx) / size) + sx
+    t[1] = float(size - t[1]) * ((ey - sy) / size) + sy
+    t[0] = (float(t[0]) - 0.5 * (w - 1)) / (0.5 * (w - 1))
+    t[1] = (float(t[1]) - 0.5 * (h - 1)) / (0.5 * (h - 1))
+    t[1] *= -1
     t[2] = 0.0
-    s = ((ex - sx) / (w - 1) + (ey - sy) / (h - 1)) / 2 * (float(s_rel) * 2000)
+    s = ((ex - sx) / (w - 1) + (ey - sy) / (h - 1)) / 2 * (s_rel * 2000)
+    t = t.astype(np.float64)
     return CropPose(s, t, r, angles)
 
 
