@@ -4,9 +4,7 @@ the crop, the choice of the face nearest the crop's centre, the pose / scale / o
 from the 3DDFA parameters with the reference's rejection rules, the refined quad, and the
 EG3D camera label. Host-side numpy; points are (x, y) image pixels.
 
-The image warps (``cv2.warpAffine`` LANCZOS4, the blurred border blend of ``crop_final``) and
-the ``python -m jaxhead.align`` command are not written yet (docs/alignment.md lists what
-remains).
+The image crops are in :mod:`jaxhead.face.recrop_image`, the loop in :mod:`jaxhead.align`.
 """
 
 from __future__ import annotations
