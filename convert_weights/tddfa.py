@@ -207,14 +207,18 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, arch: str = "mb1") -
     return Path(dst)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m convert_weights.tddfa",
                         description=__doc__.split("\n\n")[0])
     ap.add_argument("src", help="a git clone of cleardusk/3DDFA_V2")
     ap.add_argument("dst", help="output directory, e.g. checkpoints/tddfa")
     ap.add_argument("--arch", choices=sorted(tddfa.ARCHS), default="mb1",
                     help="3DMM regressor: MobileNet widen 1.0 (mb1) or 0.5 (mb05)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     out = convert(a.src, a.dst, a.arch)
     print(f"converted 3DDFA_V2 (FaceBoxes, MobileNet {a.arch}, BFM landmarks) -> {out}")
     return 0

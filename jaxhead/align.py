@@ -30,6 +30,7 @@ from jaxhead.face import recrop, recrop_image
 from jaxhead.face.bfm import mean_depth
 from jaxhead.face.fit import fit_faces
 from jaxhead.face.weights import TDDFAWeights, load_tddfa
+from jaxhead.utils.image_io import read_rgb
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -49,14 +50,9 @@ class AlignmentSkipped(DataError):
 
 def read_bgr(path: Path) -> np.ndarray:
     """An image file as BGR uint8 [H, W, 3] (as ``cv2.imread(path, IMREAD_COLOR)``; decoded by
-    Pillow). Raises :class:`DataError` naming an unreadable file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"{str(path)!r} is not a readable image ({e})") from None
+    Pillow, EXIF orientation applied, at most :data:`jaxhead.utils.image_io.MAX_PIXELS`).
+    Raises :class:`DataError` naming an unreadable or oversized file."""
+    rgb = np.asarray(read_rgb(path))
     return np.ascontiguousarray(rgb[..., ::-1])
 
 
@@ -126,13 +122,17 @@ def write_outputs(out: Path, results: dict[str, Aligned]) -> None:
                                       encoding="utf-8")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m jaxhead.align", description=__doc__.split("\n\n")[0])
     ap.add_argument("photos", nargs="+", help="image files or folders of images")
     ap.add_argument("--out", required=True, help="output folder (crops + dataset.json)")
     ap.add_argument("--tddfa", default="checkpoints/tddfa",
                     help="converted 3DDFA_V2 (python -m convert_weights.tddfa)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     photos = list_photos(a.photos)
     w = load_tddfa(a.tddfa)
     results: dict[str, Aligned] = {}

@@ -50,9 +50,10 @@ def image_size(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> tupl
 
 
 def read_rgb(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
-    """The image at ``path`` decoded as an RGB ``PIL.Image.Image``, its size checked first
-    (:func:`image_size`); a truncated or corrupt file is a :class:`DataError` naming it."""
-    from PIL import Image
+    """The image at ``path`` decoded as an RGB ``PIL.Image.Image`` (its EXIF orientation
+    applied), its size checked first (:func:`image_size`); a truncated or corrupt file is a
+    :class:`DataError` naming it."""
+    from PIL import Image, ImageOps
 
     image_size(path, max_pixels=max_pixels)
     where = os.fspath(path)
@@ -61,7 +62,8 @@ def read_rgb(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
-                return im.convert("RGB")
+                # a phone photo's orientation tag applied; grayscale, RGBA, CMYK, 16-bit -> RGB
+                return ImageOps.exif_transpose(im).convert("RGB")
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
         raise DataError(f"{where!r} is not a readable image ({e})") from None
