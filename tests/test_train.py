@@ -36,23 +36,51 @@ def _digest(summary) -> dict[str, str]:
     return out
 
 
+def numerics_key() -> dict[str, str]:
+    """What XLA:CPU's float results depend on besides the program: the jaxlib version and the
+    CPU's widest vector instructions (AVX-512 and AVX2 machines sum in different orders)."""
+    import platform
+
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    isa = next((f for f in ("avx512f", "avx2", "neon", "asimd") if f" {f}" in flags),
+               platform.machine())
+    return {"jaxlib": jaxlib.__version__, "cpu": f"{platform.machine()}-{isa}"}
+
+
+def _reference_for(refs: list[dict], key: dict[str, str]) -> dict | None:
+    """The recorded reference of this machine's numerics: the entry of the same jaxlib and CPU,
+    else one of the same jaxlib recorded before the CPU was part of the key ("cpu": null)."""
+    same = [r for r in refs if r["recorded_with"]["jaxlib"] == key["jaxlib"]]
+    return (next((r for r in same if r["recorded_with"].get("cpu") == key["cpu"]), None)
+            or next((r for r in same if r["recorded_with"].get("cpu") is None), None))
+
+
 def _check_reference(name: str, summary, workdir) -> None:
-    """Compare the run's parameters and logged metrics with ``REFERENCE[name]`` (recorded once
-    with ``JAXHEAD_RECORD_REFERENCE=1``, before the trainer's refactor)."""
+    """Compare the run's parameters and logged metrics with this machine's recorded reference
+    (``REFERENCE``: a list of references, one per :func:`numerics_key`; recorded with
+    ``JAXHEAD_RECORD_REFERENCE=1``, which adds or replaces this machine's entry)."""
     metrics = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     keep = ("ld_single", "ld_grid", "tweedie", "lpips", "ldis", "grad_norm", "update_norm")
     got = {"params": _digest(summary),
            "metrics": [{k: m[k] for k in keep if k in m} for m in metrics]}
+    key = numerics_key()
+    refs = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else []
     if os.environ.get("JAXHEAD_RECORD_REFERENCE"):
-        ref = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
-        ref[name] = got
-        ref["recorded_with"] = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
-        REFERENCE.write_text(json.dumps(ref, indent=1, sort_keys=True) + "\n")
-        pytest.skip(f"recorded the {name!r} reference")
-    ref = json.loads(REFERENCE.read_text())
-    if ref["recorded_with"]["jaxlib"] != jaxlib.__version__:
-        pytest.skip(f"reference recorded with jaxlib {ref['recorded_with']['jaxlib']}, "
-                    f"running {jaxlib.__version__}: XLA's CPU numerics may differ")
+        mine = next((r for r in refs if r["recorded_with"] == key), None)
+        if mine is None:
+            refs.append(mine := {"recorded_with": key})
+        mine[name] = got
+        REFERENCE.write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"recorded the {name!r} reference for {key}")
+    ref = _reference_for(refs, key)
+    if ref is None or name not in ref:
+        pytest.skip(f"no {name!r} reference recorded for {key} (XLA's CPU numerics differ "
+                    "between jaxlib versions and vector ISAs): record one with "
+                    "JAXHEAD_RECORD_REFERENCE=1")
     want = ref[name]
     assert got["metrics"] == want["metrics"]
     diff = [k for k in want["params"] if got["params"].get(k) != want["params"][k]]
