@@ -149,10 +149,11 @@ def method_config(train: Any, name: str, overrides: Mapping[str, Any], steps: in
 def validate(config) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """``({name: overrides}, {name: training config})`` of the selected methods; every config
     problem is a :class:`UsageError` before anything is computed."""
+    from jaxhead.config_cli import check_workdir
+
     if int(config.steps) < 1:
         raise UsageError(f"steps={config.steps} (the budget of every method, >= 1)")
-    if not config.workdir:
-        raise UsageError("workdir is empty")
+    check_workdir(config.workdir)
     t = config.train
     if t.models.generator == "demo" and int(t.seed) != 0:
         raise UsageError(f"train.seed={t.seed} with the demo generator: the evaluation's "
@@ -334,8 +335,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
 
     def run(args):
-        if not any(a == "--config" or a.startswith("--config=") for a in args):
-            raise UsageError("--config FILE is required (e.g. --config configs/compare_demo.py)")
         config = parse_config(args, prog="jaxhead.compare", documented_in="configs/compare.py")
         validate(config)  # before the compilation cache directory is created
         enable_compilation_cache(config.compilation_cache)
