@@ -15,6 +15,7 @@ from configs import eval_demo
 from jaxhead import evaluate as ev
 from jaxhead.errors import MissingWeightsError, UsageError, run_cli
 from jaxhead.evaluation import assets, protocol
+from jaxhead.evaluation.cache import content_key
 from jaxhead.metrics import fid as fid_lib
 
 
@@ -100,6 +101,37 @@ def test_adding_a_generator_reuses_the_cache(first_run, identities):
     for g in ("frozen", "perturbed"):
         for k in ("clip", "id", "depth"):
             assert out2["results"][g][k]["value"] == out["results"][g][k]["value"]
+
+
+@pytest.mark.slow
+def test_damaged_cache_entries_are_recomputed(first_run, tmp_path):
+    """A render entry with a damaged zip directory and one without ``depth`` (before:
+    ``NotImplementedError`` and ``KeyError: 'depth'``) are rendered again, to the same arrays,
+    and replaced; on a copy of the first run's cache (its render program is compiled)."""
+    import shutil
+
+    from jaxhead.evaluation.cache import Cache
+
+    tmp, cfg, _ = first_run
+    shutil.copytree(tmp / "eval" / "cache", tmp_path / "cache")
+    cache = Cache(tmp_path / "cache")
+    gen = assets.load_generator_spec("demo")
+    ids = assets.load_identities(assets.validate(cfg), gen)
+    want = protocol.render_set(gen, ids, cfg, cache)  # every entry read from the cache
+    paths = [cache.path("renders", content_key(protocol.render_inputs(gen, i, cfg)))
+             for i in ids]
+    b = bytearray(paths[0].read_bytes())
+    b[b.rfind(b"PK\x01\x02") + 10] = 99  # the zip directory names an unknown compression
+    paths[0].write_bytes(bytes(b))
+    with np.load(paths[1]) as z:
+        kept = {k: z[k] for k in z.files if k != "depth"}
+    np.savez(paths[1], **kept)
+    got = protocol.render_set(gen, ids, cfg, cache)
+    for k in protocol.RENDER_ARRAYS:
+        np.testing.assert_array_equal(got[k], want[k])
+    for p in paths:
+        with np.load(p) as z:
+            assert set(protocol.RENDER_ARRAYS) <= set(z.files)
 
 
 def test_sanity_pairings(tmp_path):
