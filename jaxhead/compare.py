@@ -107,6 +107,9 @@ def parse_methods(methods: Mapping[str, str], only: str = "") -> dict[str, dict[
         raise UsageError("methods is empty: nothing to compare")
     if only:
         names = [n.strip() for n in only.split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"only={only!r} names no method (comma-separated names of "
+                             f"{list(out)}, or empty for all)")
         bad = [n for n in names if n not in out]
         if bad:
             raise UsageError(f"only: {bad} not among the methods {list(out)}")
@@ -264,6 +267,7 @@ def compare(config, *, train_fn: TrainFn | None = None, verbose: bool = True
     {name: {"status": "trained" | "reused" | "failed", ...}}, "evaluation": evaluate's result
     or None}``. ``train_fn(config, workdir) -> generator dir`` replaces the trainer (tests)."""
     from jaxhead import evaluate as ev
+    from jaxhead.render import check_writable
 
     methods, cfgs = validate(config)
     missing = missing_weights(config, cfgs)
@@ -273,7 +277,7 @@ def compare(config, *, train_fn: TrainFn | None = None, verbose: bool = True
     train_fn = train_fn or (lambda c, wd: train_method(c, wd, progress=verbose))
     log = print if verbose else (lambda *a, **k: None)
     out = Path(config.workdir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # before any method trains (each would fail with its traceback)
     status: dict[str, dict[str, Any]] = {}
     n = len(cfgs)
     for i, (name, c) in enumerate(cfgs.items(), 1):

@@ -206,6 +206,28 @@ def test_missing_weights_and_bad_config(tmp_path, capsys):
     assert rc == 2 and "NAME=DIR" in err and err.count("\n") <= 3
 
 
+@pytest.mark.parametrize("flag, needle", [
+    ("--config.edit.eta=nan", "edit.eta must be >= 0"),
+    ("--config.views.yaw=(nan, 0, 0.1)", "every angle must be a finite number"),
+    ("--config.generators=frozen=demo,x=demo:abc", "x='demo:abc': demo:S takes a finite"),
+    ("--config.generators=frozen=demo,x=demo:nan", "got 'nan'"),
+])
+def test_hostile_config_values_are_one_line_before_compute(tmp_path, capsys, monkeypatch,
+                                                           flag, needle):
+    """(eta=nan and demo:nan rendered and edited on; the others were tracebacks). The yaw
+    tuple arrives as one string (ml_collections cannot parse nan), so it also has the wrong
+    number of views: that case is the two-item list."""
+    def computed(*a, **k):
+        raise AssertionError("renders started before the config was checked")
+
+    monkeypatch.setattr(protocol, "render_set", computed)
+    rc = run_cli(ev.main, ["--config", "configs/eval_demo.py", f"--config.workdir={tmp_path}/w",
+                           "--config.compilation_cache=", flag])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == (3 if "views" in flag else 1) and needle in err, err
+    assert "Traceback" not in err and not (tmp_path / "w").exists()
+
+
 def test_unknown_config_field_names_the_eval_config(capsys):
     """An override of a field the eval config lacks is one line naming the flag and the file
     that documents the evaluation fields (not the training config's)."""
