@@ -9,24 +9,32 @@ from pathlib import Path
 
 import jax
 
+# the one line of every command when --config is missing
+CONFIG_REQUIRED = ("--config FILE is required (the experiment's config file, e.g. --config "
+                   "configs/demo.py for jaxhead.train, configs/eval_demo.py for "
+                   "jaxhead.evaluate, configs/compare_demo.py for jaxhead.compare)")
+
 
 def parse_config(argv: Sequence[str], prog: str = "jaxhead.train",
                  documented_in: str = "configs/base.py"):
-    """``--config FILE [--config.key=value ...]`` -> the config (unvalidated). Bad flags, a
-    missing or non-Python config file and unknown fields raise :class:`UsageError`, whose
-    message points at ``documented_in`` (the file that documents every field)."""
+    """``--config FILE [--config.key=value ...]`` -> the config (unvalidated). A missing
+    ``--config``, bad flags, a missing or non-Python config file and unknown fields raise
+    :class:`UsageError`, whose message points at ``documented_in`` (the file that documents
+    every field)."""
     from absl import flags
     from ml_collections import config_flags
 
     from jaxhead.errors import UsageError
 
     argv = [prog, *argv]
-    path = "configs/demo.py"
+    path = None
     for i, a in enumerate(argv):
         if a == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
         elif a.startswith("--config="):
             path = a.split("=", 1)[1]
+    if path is None:
+        raise UsageError(CONFIG_REQUIRED)
     if not Path(path).is_file():
         raise UsageError(f"config file not found: {path!r} (e.g. --config configs/demo.py)")
     if Path(path).suffix != ".py":
@@ -49,6 +57,16 @@ def parse_config(argv: Sequence[str], prog: str = "jaxhead.train",
     except Exception as e:  # an error inside the config file itself
         raise UsageError(f"could not load config file {path!r}: {type(e).__name__}: {e}"
                          .splitlines()[0]) from None
+
+
+def check_workdir(workdir: str, field: str = "workdir") -> None:
+    """Refuse an empty ``workdir`` (it would write into the current directory), with the one
+    line every command gives (:class:`UsageError`)."""
+    from jaxhead.errors import UsageError
+
+    if not str(workdir).strip():
+        raise UsageError(f"{field} is empty: set --config.{field}=DIR (an empty workdir would "
+                         "write into the current directory)")
 
 
 def enable_compilation_cache(path: str) -> str | None:

@@ -53,8 +53,10 @@ def evaluate(config, *, verbose: bool = True, notes: str = "") -> dict[str, Any]
     reported (``MissingWeightsError``, every piece with its convert command) before any
     compute. ``notes`` (markdown) is appended to ``report.md`` (``jaxhead.compare``: the
     methods and their runs)."""
+    from jaxhead.config_cli import check_workdir
     from jaxhead.render import check_writable
 
+    check_workdir(config.workdir)
     config = assets.validate(config)
     assets.check_weights(config)
     workdir = Path(config.workdir)
@@ -131,8 +133,8 @@ def evaluate(config, *, verbose: bool = True, notes: str = "") -> dict[str, Any]
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: ``--config FILE [--config.field=value ...]``; errors are one line on stderr
     (exit 2 for usage, 1 for data / missing weights)."""
-    from jaxhead.config_cli import enable_compilation_cache, parse_config
-    from jaxhead.errors import UsageError, run_cli
+    from jaxhead.config_cli import check_workdir, enable_compilation_cache, parse_config
+    from jaxhead.errors import run_cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if {"-h", "--help"} & set(argv):
@@ -140,10 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     def run(args):
-        if not any(a == "--config" or a.startswith("--config=") for a in args):
-            raise UsageError("--config FILE is required (e.g. --config configs/eval_demo.py)")
-        config = assets.validate(parse_config(args, prog="jaxhead.evaluate",
-                                              documented_in="configs/eval.py"))
+        config = parse_config(args, prog="jaxhead.evaluate", documented_in="configs/eval.py")
+        check_workdir(config.workdir)
+        config = assets.validate(config)
         enable_compilation_cache(config.compilation_cache)
         evaluate(config)
         return 0

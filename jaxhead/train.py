@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxhead.config_cli import enable_compilation_cache, parse_config
+from jaxhead.config_cli import check_workdir, enable_compilation_cache, parse_config
 from jaxhead.errors import TrainingDiverged
 from jaxhead.training import checkpoint, sharding
 from jaxhead.training.config import validate_config
@@ -340,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run(args):
         config = parse_config(args)
+        check_workdir(config.workdir)
         validate_config(config)  # before the cache directory is created
         enable_compilation_cache(config.compilation_cache)
         train_and_evaluate(config)

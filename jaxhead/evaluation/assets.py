@@ -83,6 +83,9 @@ def validate(config) -> ml_collections.FrozenConfigDict:
     errs = []
     try:
         gens = parse_generators(config.generators)
+        for name, spec in gens.items():
+            if _is_demo(spec):
+                demo_scale(spec, name)
         if config.reference not in gens:
             errs.append(f"reference={config.reference!r} is not one of the generators "
                         f"{list(gens)}")
@@ -105,8 +108,9 @@ def validate(config) -> ml_collections.FrozenConfigDict:
                     f"{len(v.pitch)}")
     if not v.edit or any(not 0 <= i < len(v.yaw) for i in v.edit):
         errs.append(f"views.edit={tuple(v.edit)}: indices of views (0..{len(v.yaw) - 1})")
-    if not all(math.isfinite(x) for x in (*v.yaw, *v.pitch)):
-        errs.append("views: yaw / pitch not finite")
+    if not all(_finite_number(x) for x in (*v.yaw, *v.pitch)):
+        errs.append(f"views.yaw={tuple(v.yaw)} / views.pitch={tuple(v.pitch)}: every angle "
+                    "must be a finite number (radians)")
     if v.background not in ("white", "none", "network"):
         errs.append(f"views.background={v.background!r} (white, none, network)")
     if v.noise_mode not in ("const", "none"):
@@ -118,7 +122,7 @@ def validate(config) -> ml_collections.FrozenConfigDict:
         errs.append(f"edit.strength={e.strength} of edit.steps={e.steps} runs no step")
     if e.steps < 1:
         errs.append(f"edit.steps={e.steps} (>= 1)")
-    if e.eta < 0 or not math.isfinite(e.guidance_scale):
+    if not (_finite_number(e.eta) and e.eta >= 0 and _finite_number(e.guidance_scale)):
         errs.append("edit.eta must be >= 0 and edit.guidance_scale finite")
     if e.dtype not in ("float32", "bfloat16"):
         errs.append(f"edit.dtype={e.dtype!r} (float32, bfloat16)")
@@ -130,6 +134,8 @@ def validate(config) -> ml_collections.FrozenConfigDict:
     if config.sheet_identities < 0:
         errs.append(f"sheet_identities={config.sheet_identities} (>= 0)")
     if errs:
+        if len(errs) == 1:  # one problem: one line
+            raise UsageError(f"invalid evaluation config: {errs[0]}")
         raise UsageError("invalid evaluation config:\n  - " + "\n  - ".join(errs))
     return ml_collections.FrozenConfigDict(config)
 
@@ -186,6 +192,26 @@ def _is_demo(spec: str) -> bool:
     return spec == "demo" or spec.startswith("demo:")
 
 
+def _finite_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def demo_scale(spec: str, name: str = "") -> float:
+    """The perturbation ``S`` of ``demo:S`` (0 for ``demo``): a finite number >= 0, else
+    :class:`UsageError` naming the generator."""
+    if ":" not in spec:
+        return 0.0
+    text = spec.split(":", 1)[1]
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and scale >= 0):
+        raise UsageError(f"generators: {name or 'a generator'}={spec!r}: demo:S takes a finite "
+                         f"number S >= 0 (the perturbation), got {text!r}")
+    return scale
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedGenerator:
     G: Generator3D
@@ -203,7 +229,7 @@ def load_generator_spec(spec: str) -> LoadedGenerator:
     from jaxhead.models.panohead.demo import demo_generator
 
     G, params = demo_generator(0)
-    scale = float(spec.split(":", 1)[1]) if ":" in spec else 0.0
+    scale = demo_scale(spec)
     if scale:
         rng = np.random.default_rng(1234)
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jaxhead.errors import UsageError
+from jaxhead.errors import DataError, UsageError
 
 # Fields that may differ between a run and its resumption: they do not change the trajectory
 # (logging cadence, length, placement, memory strategy, this list itself).
@@ -68,12 +68,31 @@ def check_resume(workdir: Path, config, defaults: dict[str, Any] | None = None) 
 
 def truncate_metrics(workdir: Path, step: int) -> int:
     """Drop ``metrics.jsonl`` rows logged after ``step`` (the restored checkpoint): a resumed
-    run logs those steps again. Returns the number of rows dropped."""
+    run logs those steps again. A torn last line (a crash mid-write) is dropped as well; any
+    other unreadable row is a :class:`DataError` naming the file and line. Returns the number
+    of rows dropped (torn line included)."""
     path = workdir / "metrics.jsonl"
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines()
-    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    lines = path.read_text(errors="replace").splitlines()
+    keep = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            s = row.get("step", 0)
+            if not isinstance(s, int):
+                raise ValueError(f"step {s!r} is not an integer")
+        except ValueError as e:  # JSONDecodeError is a ValueError
+            if i == len(lines) - 1:  # torn by a crash mid-write: that step is logged again
+                break
+            raise DataError(f"{str(path)!r} line {i + 1} is not a metrics row ({e}); move the "
+                            "file away to resume without it") from None
+        if s <= step:
+            keep.append(line)
     if len(keep) != len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(x + "\n" for x in keep))
