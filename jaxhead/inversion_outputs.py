@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jaxhead.errors import DataError
+from jaxhead.latents import MAX_W_BYTES
+from jaxhead.utils.npz_io import npz_headers, read_npz
 
 SETTINGS = "settings"  # the npz array holding the settings (JSON)
 
@@ -58,16 +58,15 @@ def write_npz(path: Path, w: np.ndarray, settings: dict[str, Any]) -> None:
 
 def _recorded(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """``(settings, None)`` of a finished stem's npz, or ``(None, why it is not done)``."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            w = z["w"]
-            if not np.isfinite(w).all():
-                return None, "its w is not finite"
-            if SETTINGS not in z.files:
-                return None, "no settings recorded (written by an older jaxhead)"
-            recorded = json.loads(str(z[SETTINGS]))
-    except (OSError, ValueError, KeyError, EOFError, NotImplementedError, RuntimeError,
-            zipfile.BadZipFile, zlib.error) as e:
+    try:  # headers checked before anything is read (jaxhead.utils.npz_io)
+        has_settings = SETTINGS in npz_headers(path)
+        w = read_npz(path, ["w"], max_bytes=MAX_W_BYTES)["w"]
+        if not np.isfinite(w).all():
+            return None, "its w is not finite"
+        if not has_settings:
+            return None, "no settings recorded (written by an older jaxhead)"
+        recorded = json.loads(str(read_npz(path, [SETTINGS], max_bytes=1 << 20)[SETTINGS]))
+    except (DataError, ValueError) as e:  # DataError: a damaged or forged file
         return None, f"unreadable ({type(e).__name__}: {e})"
     if not isinstance(recorded, dict):
         return None, "its settings are not a JSON object"

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from jaxhead.errors import DataError
+from jaxhead.utils.npz_io import npz_headers, read_npz
+
 
 def array_digest(a: Any) -> str:
     """SHA-256 of an array's dtype, shape and bytes."""
@@ -89,14 +92,13 @@ class Cache:
         p = self.path(kind, content_key(inputs))
         if not p.is_file():
             return None
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if INPUTS not in z.files or str(z[INPUTS]) != _canonical(inputs):
-                    return None
-                if not set(names) <= set(z.files):
-                    return None
-                return {k: z[k] for k in names}
-        except _UNREADABLE:
+        try:  # headers checked before anything is read (jaxhead.utils.npz_io)
+            if not {INPUTS, *names} <= set(npz_headers(p)):
+                return None
+            if str(read_npz(p, [INPUTS])[INPUTS]) != _canonical(inputs):
+                return None
+            return read_npz(p, list(names))
+        except (DataError, *_UNREADABLE):
             return None
 
     def put(self, kind: str, inputs: dict[str, Any], arrays: dict[str, np.ndarray],
