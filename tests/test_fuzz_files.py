@@ -153,3 +153,78 @@ def test_damaged_output_dir_is_left_as_it_was(tmp_path, capsys):
     assert rc == 1 and capsys.readouterr().err.count("\n") == 1
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
     shutil.rmtree(src)
+
+
+def test_checkpoint_files(tmp_path, capsys):
+    """Every file of the newest checkpoint step, flipped or cut: restore gives step 2's values,
+    or step 1's after moving step 2 aside (reported), or one error line; never other values."""
+    import flax.struct
+    import jax
+    import jax.numpy as jnp
+
+    from jaxhead.training import checkpoint
+
+    @flax.struct.dataclass
+    class State:
+        step: jax.Array
+        w: jax.Array
+
+    def w(step):
+        return np.asarray(jax.random.normal(jax.random.key(step), (32, 32)))
+
+    mgr = checkpoint.manager(tmp_path, 3)
+    for s in (1, 2):
+        checkpoint.save(mgr, State(jnp.int32(s), jnp.asarray(w(s))))
+    root = tmp_path / "checkpoints"
+    pristine = tmp_path / "pristine"
+    shutil.copytree(root, pristine)
+    files = sorted(p.relative_to(root / "2") for p in (root / "2").rglob("*") if p.is_file())
+    assert files
+    for k, rel in enumerate(files):
+        target = root / "2" / rel
+
+        def restore():
+            st = checkpoint.restore_latest(checkpoint.manager(tmp_path, 3),
+                                           State(jnp.int32(0), jnp.zeros((32, 32))),
+                                           report=lambda s: None)
+            step = int(st.step)
+            np.testing.assert_array_equal(np.asarray(st.w), w(step))  # never other values
+            return np.asarray(st.w)
+
+        def reset():
+            shutil.rmtree(root)
+            shutil.rmtree(tmp_path / checkpoint.DAMAGED_DIR, ignore_errors=True)
+            shutil.copytree(pristine, root)
+
+        check_reader(capsys, target, target.read_bytes(), restore, seed=10 + k, after=reset)
+
+
+def test_metrics_jsonl(tmp_path, capsys):
+    from jaxhead.training.workdir import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    good = "".join(json.dumps({"step": s, "loss": 0.5 / s}) + "\n" for s in (1, 2, 3)).encode()
+
+    def read():
+        truncate_metrics(tmp_path, 2)
+        return [json.loads(x)["loss"] for x in path.read_text().splitlines()]
+
+    check_reader(capsys, path, good, read, seed=20)
+
+
+def test_evaluation_cache_entry(tmp_path, capsys):
+    """A damaged cache entry is never an error: it reads back whole or counts as missing."""
+    from jaxhead.evaluation.cache import Cache
+
+    cache = Cache(tmp_path)
+    inputs = {"kind": "render", "id": 3}
+    arrays = {"image": np.arange(48, dtype=np.uint8).reshape(4, 4, 3),
+              "depth": np.linspace(2, 3, 16, dtype=np.float32).reshape(4, 4, 1)}
+    p = cache.put("renders", inputs, arrays)
+    good = p.read_bytes()
+    for what, data in mutations(good, seed=30):
+        p.write_bytes(data)
+        got = cache.get("renders", inputs, ["image", "depth"])
+        assert got is None or all(np.array_equal(got[k], arrays[k]) for k in arrays), what
+    p.write_bytes(good)
+    assert cache.get("renders", inputs, ["image", "depth"]) is not None
