@@ -324,33 +324,23 @@ def compare(config, *, train_fn: TrainFn | None = None, verbose: bool = True
     return {"methods": status, "evaluation": result, "report": summary["report"]}
 
 
+def _run(config) -> int:
+    res = compare(config)
+    failed = {k: s["error"] for k, s in res["methods"].items() if s["status"] == "failed"}
+    if failed:
+        raise DataError(f"{len(failed)} method(s) failed ("
+                        + "; ".join(f"{k}: {m}" for k, m in failed.items())
+                        + f"); the report {res['report']} covers the others")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: ``--config FILE [--config.field=value ...]``; errors are one line on stderr
     (exit 2 for usage, 1 for data / missing weights / a failed method)."""
-    from absl import logging
+    from jaxhead.config_cli import config_main
 
-    from jaxhead.config_cli import enable_compilation_cache, parse_config
-    from jaxhead.errors import run_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-
-    def run(args):
-        config = parse_config(args, prog="jaxhead.compare", documented_in="configs/compare.py")
-        validate(config)  # before the compilation cache directory is created
-        enable_compilation_cache(config.compilation_cache)
-        res = compare(config)
-        failed = {k: s["error"] for k, s in res["methods"].items() if s["status"] == "failed"}
-        if failed:
-            raise DataError(f"{len(failed)} method(s) failed ("
-                            + "; ".join(f"{k}: {m}" for k, m in failed.items())
-                            + f"); the report {res['report']} covers the others")
-        return 0
-
-    return run_cli(run, argv)
+    return config_main(argv, doc=__doc__, prog="jaxhead.compare",
+                       documented_in="configs/compare.py", validate=validate, run=_run)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""The ``--config FILE [--config.field=value ...]`` command line shared by ``jaxhead.train`` and
-``jaxhead.evaluate`` (ml_collections config files), and the persistent XLA compilation cache."""
+"""The ``--config FILE [--config.field=value ...]`` command line shared by ``jaxhead.train``,
+``jaxhead.evaluate`` and ``jaxhead.compare`` (ml_collections config files): one shell
+(:func:`config_main`), the parser, the workdir check and the persistent XLA compilation cache."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -83,3 +85,30 @@ def enable_compilation_cache(path: str) -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     return path
+
+
+def config_main(argv: Sequence[str] | None, *, doc: str, prog: str, documented_in: str,
+                validate: Callable[[object], object], run: Callable[[object], object]) -> int:
+    """The command line of a config-driven tool: ``-h`` prints ``doc``; otherwise the config
+    is parsed (``documented_in`` names the file documenting its fields), its workdir checked
+    and ``validate(config)`` run (every config problem before the compilation cache directory
+    is created), then ``run(config)`` (which resolves the config again itself). Errors are one
+    line on stderr (exit 2 for usage, 1 for data); returns the exit code."""
+    from absl import logging
+
+    from jaxhead.errors import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(doc)
+        return 0
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+
+    def body(args):
+        config = parse_config(args, prog=prog, documented_in=documented_in)
+        check_workdir(config.workdir)
+        validate(config)
+        enable_compilation_cache(config.compilation_cache)
+        return run(config) or 0
+
+    return run_cli(body, argv)

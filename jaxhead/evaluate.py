@@ -133,23 +133,11 @@ def evaluate(config, *, verbose: bool = True, notes: str = "") -> dict[str, Any]
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: ``--config FILE [--config.field=value ...]``; errors are one line on stderr
     (exit 2 for usage, 1 for data / missing weights)."""
-    from jaxhead.config_cli import check_workdir, enable_compilation_cache, parse_config
-    from jaxhead.errors import run_cli
+    from jaxhead.config_cli import config_main
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-
-    def run(args):
-        config = parse_config(args, prog="jaxhead.evaluate", documented_in="configs/eval.py")
-        check_workdir(config.workdir)
-        config = assets.validate(config)
-        enable_compilation_cache(config.compilation_cache)
-        evaluate(config)
-        return 0
-
-    return run_cli(run, argv)
+    return config_main(argv, doc=__doc__, prog="jaxhead.evaluate",
+                       documented_in="configs/eval.py", validate=assets.validate,
+                       run=evaluate)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxhead.config_cli import check_workdir, enable_compilation_cache, parse_config
 from jaxhead.errors import TrainingDiverged
 from jaxhead.training import checkpoint, sharding
 from jaxhead.training.config import validate_config
@@ -328,25 +327,11 @@ def final_turntables(workdir: Path, gen_dir: Path, config) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: errors in the flags, the config or the input files are one line on stderr
     (exit 2 / 1); see :mod:`jaxhead.errors`."""
-    from absl import logging
+    from jaxhead.config_cli import config_main
 
-    from jaxhead.errors import run_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-
-    def run(args):
-        config = parse_config(args)
-        check_workdir(config.workdir)
-        validate_config(config)  # before the cache directory is created
-        enable_compilation_cache(config.compilation_cache)
-        train_and_evaluate(config)
-        return 0
-
-    return run_cli(run, argv)
+    return config_main(argv, doc=__doc__, prog="jaxhead.train",
+                       documented_in="configs/base.py", validate=validate_config,
+                       run=train_and_evaluate)
 
 
 if __name__ == "__main__":
