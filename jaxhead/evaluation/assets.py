@@ -19,8 +19,10 @@ from jaxhead.camera import make_camera
 from jaxhead.errors import DataError, MissingWeightsError, UsageError
 from jaxhead.evaluation.cache import array_digest, content_key, directory_digest
 from jaxhead.generators import Generator3D, load_generator
+from jaxhead.models.panohead import RELEASED_CONVERT
 from jaxhead.utils.compile import jit
 from jaxhead.utils.npz_io import read_npz
+from jaxhead.utils.params_io import is_converted
 
 STYLES = ("pixar", "statue", "joker", "sketch", "werewolf", "zombie")
 METRICS = ("fid", "kid", "clip", "clip_score", "id", "depth", "diversity")
@@ -153,26 +155,21 @@ def networks_needed(config) -> list[str]:
     return out
 
 
-def _converted(p: Path) -> bool:
-    return (p / "params.safetensors").is_file() and (p / "config.json").is_file()
-
-
 def missing_weights(config) -> list[str]:
     """Every missing converted model the config needs, each with the command that makes it."""
     from jaxhead.sampling import missing_sd
 
     out = []
     for name, path in parse_generators(config.generators).items():
-        if not _is_demo(path) and not _converted(Path(path)):
+        if not _is_demo(path) and not is_converted(Path(path)):
             out.append(f"generator {name!r}: {path}/{{params.safetensors,config.json}}\n    "
-                       f"python -m convert_weights.panohead "
-                       f"easy-khair-180-gpc0.8-trans10-025000.pkl {path} (the frozen PanoHead) "
-                       "or the trainer's <workdir>/generator")
+                       + RELEASED_CONVERT.replace("DST", str(path))
+                       + " (the frozen PanoHead) or the trainer's <workdir>/generator")
     if needs_edits(config) and config.sd != "demo":
         out += missing_sd(config.sd)
     for net in networks_needed(config):
         p = config.models[net]
-        if p != "demo" and not _converted(Path(p)):
+        if p != "demo" and not is_converted(Path(p)):
             out.append(f"{net} (for {', '.join(m for m in config.metrics if net in NETWORKS[m])})"
                        f": {p}\n    " + CONVERT[net].format(p=p)
                        + ("\n    (the tokenizer/ folder too: the converter copies it)"

@@ -20,12 +20,13 @@ from jaxhead.errors import MissingWeightsError
 from jaxhead.generators import Generator3D, load_generator
 from jaxhead.models import clip_text
 from jaxhead.models import vae as vae_lib
+from jaxhead.models.panohead import RELEASED_CONVERT
 from jaxhead.models.vae import AutoencoderKL
 from jaxhead.teacher import Teacher, load_teacher
 from jaxhead.training.controls import CONTROLS
 from jaxhead.training.terms import enabled_terms
 from jaxhead.training.views import VIEWS
-from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE
+from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE, is_converted
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -85,10 +86,6 @@ def uses_lpips(config) -> bool:
     return config.lpips_weight > 0 and config.single.enabled
 
 
-def _converted(path: Path) -> bool:
-    return (path / PARAMS_FILE).is_file() and (path / CONFIG_FILE).is_file()
-
-
 SD_CONVERT = ("python -m convert_weights.diffusers Realistic_Vision_V5.1_noVAE {sd} "
               "--controlnet depth=sd-controlnet-depth --controlnet edge=sd-controlnet-canny "
               "(add --vae sd-vae-ft-mse if your copy has no vae/ folder)")
@@ -99,13 +96,12 @@ def missing_weights(config) -> list[str]:
     m = config.models
     out = []
     g = Path(m.generator)
-    if not _converted(g):
-        out.append(f"PanoHead generator: {g}/{{{PARAMS_FILE},{CONFIG_FILE}}}\n"
-                   f"    python -m convert_weights.panohead "
-                   f"easy-khair-180-gpc0.8-trans10-025000.pkl {g}")
+    if not is_converted(g):
+        out.append(f"PanoHead generator: {g}/{{{PARAMS_FILE},{CONFIG_FILE}}}\n    "
+                   + RELEASED_CONVERT.replace("DST", str(g)))
     sd = Path(m.sd)
     parts = ["unet", "vae", "text_encoder"] + [f"controlnet_{n}" for n in controlnet_names(config)]
-    miss = [p for p in parts if not _converted(sd / p)]
+    miss = [p for p in parts if not is_converted(sd / p)]
     if not (sd / "tokenizer").is_dir():
         miss.append("tokenizer")
     if not (sd / "scheduler" / "scheduler_config.json").is_file():
@@ -113,7 +109,7 @@ def missing_weights(config) -> list[str]:
     if miss and needs_teacher(config):
         out.append(f"Stable Diffusion teacher in {sd}: missing {', '.join(miss)}\n    "
                    + SD_CONVERT.format(sd=sd))
-    if uses_depth_model(config) and not _converted(Path(m.depth_anything)):
+    if uses_depth_model(config) and not is_converted(Path(m.depth_anything)):
         users = [f"{v}.control=depth_anything" for v in VIEWS if config[v].enabled
                  and CONTROLS[config[v].get("control", "none")].depth_model]
         out.append(f"Depth Anything V2 for {', '.join(users)}: {m.depth_anything}\n    "
@@ -122,7 +118,7 @@ def missing_weights(config) -> list[str]:
                    + " ".join(f"--config.{u.split('=')[0]}=renderer_depth" for u in users) + ")")
     for term in enabled_terms(config):
         out += term.missing(config)
-    if uses_lpips(config) and not _converted(Path(m.lpips)):
+    if uses_lpips(config) and not is_converted(Path(m.lpips)):
         from jaxhead.models.lpips import CONVERT_HINT
 
         out.append(f"LPIPS(alex) for lpips_weight={config.lpips_weight}: {m.lpips}\n    "

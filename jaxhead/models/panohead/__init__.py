@@ -23,6 +23,8 @@ __all__ = ["PanoHead", "PanoHeadConfig", "TriPlaneGenerator", "load_panohead", "
 
 FORMAT = "jaxhead.panohead/1"
 CONVERT_HINT = "python -m convert_weights.panohead SRC.pkl DST"
+# the command for the released checkpoint (DST: where the loader looks)
+RELEASED_CONVERT = "python -m convert_weights.panohead easy-khair-180-gpc0.8-trans10-025000.pkl DST"
 
 Params = dict[str, Any]
 

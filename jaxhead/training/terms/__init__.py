@@ -150,14 +150,11 @@ def terms_config() -> ml_collections.ConfigDict:
 def missing_dir(path: str, what: str, hint: str, field: str, weight: str) -> list[str]:
     """``[]`` when ``path`` holds converted weights (params + config), else one message
     naming it, the command that makes it (``hint`` with ``DST``) and how to turn it off."""
-    from pathlib import Path
+    from jaxhead.utils.params_io import is_converted
 
-    from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE
-
-    p = Path(path)
-    if (p / PARAMS_FILE).is_file() and (p / CONFIG_FILE).is_file():
+    if is_converted(path):
         return []
-    return [f"{what}: {p}\n    {hint.replace('DST', str(p))}\n    (or point {field} at the "
+    return [f"{what}: {path}\n    {hint.replace('DST', str(path))}\n    (or point {field} at the "
             f"converted folder, or set --config.{weight}=0)"]
 
 
