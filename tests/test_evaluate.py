@@ -240,9 +240,10 @@ def test_unknown_config_field_names_the_eval_config(capsys):
 @pytest.mark.slow
 def test_eval_demo_numbers_in_the_docs_are_what_the_command_gives(tmp_path):
     """docs/evaluation.md's eval_demo table is what ``python -m jaxhead.evaluate --config
-    configs/eval_demo.py`` gives (run here as written, only the workdir moved): every number of
-    every row within 1 % (FID's matrix square root and the CPU's summation order move the last
-    digits between machines)."""
+    configs/eval_demo.py`` gives (run here as written, only the workdir moved): FID and KID
+    within 3 % (of random networks they are ill-conditioned: this process's 4 host devices sum
+    in another order than the command's one and move them by ~1 %), every other number to its
+    printed digits (the README once showed FID 34904.5 and ID 0.514 for 49227.2 and 0.877)."""
     from pathlib import Path
 
     doc = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text()
@@ -261,5 +262,8 @@ def test_eval_demo_numbers_in_the_docs_are_what_the_command_gives(tmp_path):
 
     for name, line in documented.items():
         got = next(r for r in report if r.split("|")[1:2] and r.split("|")[1].strip() == name)
-        np.testing.assert_allclose(numbers(got), numbers(line), rtol=1e-2, atol=2e-3,
+        g, d = numbers(got), numbers(line)
+        np.testing.assert_allclose(g[:2], d[:2], rtol=3e-2,
+                                   err_msg=f"{name}: docs {line!r}, command {got!r}")
+        np.testing.assert_allclose(g[2:], d[2:], rtol=0, atol=2e-3,
                                    err_msg=f"{name}: docs {line!r}, command {got!r}")
