@@ -121,7 +121,7 @@ def test_reference_forms_and_their_errors(tmp_path):
     folder = tmp_path / "crop"
     folder.mkdir()
     _image(folder / "mona.png")
-    cam = [float(v) for v in np.arange(25) / 10]
+    cam = [float(v) for v in reference.frontal_camera(0.4, -0.1)]  # a cam2world + intrinsics
     (folder / "dataset.json").write_text(json.dumps({"labels": [["mona.png", cam]]}))
     c.reference = str(folder)
     np.testing.assert_allclose(reference.read_reference(c).camera, cam, rtol=1e-6)
