@@ -7,8 +7,9 @@ with YNNPACK and 24 ms with Eigen (oneDNN in torch: 36 ms), at 64 x 64 x 320 90 
 the gradient at 512 x 512 x 128 3.6 vs 1.7 s. jaxhead's CPU programs therefore keep YNNPACK for
 dot products only (the SD UNet forward 11.5 -> 9.9 s, the PanoHead forward 2.9 -> 2.3 s; see
 docs/performance.md). The options are per program (``compiler_options`` of ``jax.jit``), so
-nothing process-wide changes and other backends compile as before. Programs over several
-devices keep jaxlib's defaults (see :func:`_plain_needed`).
+nothing process-wide changes and other backends compile as before; a program traced here and
+lowered for another platform (``.trace(...).lower(lowering_platforms=("cuda",))``) carries
+none. Programs over several devices keep jaxlib's defaults (see :func:`_plain_needed`).
 """
 
 from __future__ import annotations
@@ -78,12 +79,39 @@ class _Jitted:
     def lower(self, *args: Any, **kwargs: Any) -> Any:
         return self._pick(args, kwargs).lower(*args, **kwargs)
 
-    def trace(self, *args: Any, **kwargs: Any) -> Any:
-        return self._pick(args, kwargs).trace(*args, **kwargs)
+    def trace(self, *args: Any, **kwargs: Any) -> _Traced:
+        """The traced program; its ``lower(lowering_platforms=...)`` for a platform other than
+        CPU carries no CPU compiler options."""
+        return _Traced(self, args, kwargs)
 
     def _cache_size(self) -> int:
         """Compiled variants of both (as ``jax.jit``'s, for tests of recompilation)."""
         return self.top._cache_size() + self.plain._cache_size()
+
+
+class _Traced:
+    """``jax.jit(...).trace(...)`` of :class:`_Jitted`: traced (once, on first use) with the
+    CPU options where the program is lowered for CPU (or the default backend is CPU and no
+    platform is named), plainly for other lowering platforms."""
+
+    def __init__(self, jitted: _Jitted, args: Any, kwargs: Any) -> None:
+        self._jitted, self._args, self._kwargs = jitted, args, kwargs
+        self._traced: dict[bool, Any] = {}
+
+    def _get(self, plain: bool) -> Any:
+        if plain not in self._traced:
+            j = self._jitted
+            fn = j.plain if plain else j._pick(self._args, self._kwargs)
+            self._traced[plain] = fn.trace(*self._args, **self._kwargs)
+        return self._traced[plain]
+
+    def lower(self, *, lowering_platforms: tuple[str, ...] | None = None, **kw: Any) -> Any:
+        names = lowering_platforms or (jax.default_backend(),)
+        plain = any(p != "cpu" for p in names)
+        return self._get(plain).lower(lowering_platforms=lowering_platforms, **kw)
+
+    def __getattr__(self, name: str) -> Any:  # jaxpr, out_info, ... of the traced program
+        return getattr(self._get(jax.default_backend() != "cpu"), name)
 
 
 def jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
