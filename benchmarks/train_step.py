@@ -3,11 +3,11 @@
     python -m benchmarks.train_step [--configs demo,full] [--steps 2]
 
 ``demo`` = the demo config (tiny models, analytic teacher); ``demo_sd`` the same with the tiny
-random-weight SD stack as the teacher. ``full`` = the released PanoHead (tri-grid 256, 48 + 48 samples, 64 px, SR 512) and the SD 1.5
-UNet + two ControlNets (edge for the single view, depth for the grid) + VAE + CLIP text, all with
-random weights built in code; single view + mirror + 2x2 grid (before SR, renderer-depth
-control since no Depth Anything weights are used), Tweedie, LPIPS(alex) and LDIS terms: the
-paper's step.
+random-weight SD stack as the teacher. ``full`` = the released PanoHead (tri-grid 256, 48 + 48
+samples, 64 px, SR 512) and the SD 1.5 UNet + two ControlNets (edge for the single view, depth
+for the grid) + VAE + CLIP text, all with random weights built in code; single view + mirror +
+2x2 grid (before SR, renderer-depth control since no Depth Anything weights are used), Tweedie,
+LPIPS(alex) and LDIS terms: the paper's step.
 ``full_single`` / ``full_grid``: the same with only the single-view (+ mirror, Tweedie) or only
 the grid score; ``full_onepass``: the paper step with ``split_backward=False`` (one backward
 pass over both views, as before: about 25.5 GiB in fp32).

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxhead.models import sd_layers
 from jaxhead.ops import platform
 from jaxhead.ops import remat as remat_lib
 from jaxhead.ops.upfirdn import conv2d
-from jaxhead.models import sd_layers
 
 ACCELERATORS = ("cuda", "tpu")
 
@@ -103,6 +103,24 @@ def test_each_cpu_construct_is_lowered_for_cpu_only():
     assert scopes_in(traced.lower(lowering_platforms=("cpu",))) == set(platform.CPU_SCOPES)
     for p in ACCELERATORS:
         check_accelerator_program(traced.lower(lowering_platforms=(p,)), attention=True)
+
+
+def test_jaxhead_jit_traces_once_per_platform_without_selection_left_in_the_program():
+    """``jaxhead.utils.compile.jit`` traces for the lowering platform: the CPU program is the
+    CPU branches alone (no ``case`` op: the program jaxhead ran before the selection existed),
+    the cuda / tpu programs the accelerator branches alone."""
+    from jaxhead.utils.compile import jit
+
+    f = jit(jax.grad(_probe, argnums=(0, 2, 4)))
+    traced = f.trace(*_PROBE_ARGS)
+    cpu = traced.lower(lowering_platforms=("cpu",))
+    assert scopes_in(cpu) == set(platform.CPU_SCOPES)
+    assert "stablehlo.case" not in cpu.as_text()
+    for p in ACCELERATORS:
+        low = traced.lower(lowering_platforms=(p,))
+        check_accelerator_program(low, attention=True)
+        assert "stablehlo.case" not in low.as_text()
+    assert len(traced._traced) == 2  # one trace for CPU, one shared by cuda and tpu
 
 
 def test_a_cpu_path_leaking_into_the_gpu_program_is_caught(monkeypatch):

@@ -1,19 +1,22 @@
-"""CPU-only program paths chosen by the platform a program is lowered for, not by the process.
+"""CPU-only program paths chosen by the platform a program is for, never by the process.
 
 Several of jaxhead's speed and memory choices are specific to XLA:CPU (weight gradients as
 GEMMs, weight casts tied to their layer's input, blocked attention, cotangent-tied remat).
-:func:`per_platform` picks them with ``jax.lax.platform_dependent``: both branches are traced
-and only the one for the lowering platform is emitted (``jax.jit(f).trace(...).lower(
-lowering_platforms=("cuda",))`` on a CPU host gives the GPU program). Each CPU branch runs in a
-named scope from :data:`CPU_SCOPES`, so a lowered program shows whether it holds one
-(tests/test_lowering.py). ``JAXHEAD_PLATFORM_PATHS=cpu`` / ``=accelerator`` forces either branch
-on every platform (docs/accelerators.md).
+:func:`per_platform` picks them once per traced program: for the platform set by
+:func:`target` (``jaxhead.utils.compile.jit`` sets it from the devices of a call, or from
+``lowering_platforms`` of ``.trace(...).lower(...)``), and where none is set (a plain
+``jax.jit``) with ``jax.lax.platform_dependent``, whose lowering keeps only the branch of the
+lowering platform. Each CPU branch runs in a named scope from :data:`CPU_SCOPES`, so a lowered
+program shows whether it holds one (tests/test_lowering.py). ``JAXHEAD_PLATFORM_PATHS=cpu`` /
+``=accelerator`` forces either branch (docs/accelerators.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -39,12 +42,42 @@ def forced() -> str:
     return v
 
 
+_TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxhead_platform",
+                                                                    default=None)
+
+
+def kind(platform: str | None) -> str | None:
+    """"cpu", "accelerator" (any other platform: "gpu", "cuda", "rocm", "tpu") or None."""
+    if platform is None:
+        return None
+    return "cpu" if platform.lower() == "cpu" else "accelerator"
+
+
+@contextlib.contextmanager
+def target(platform: str | None) -> Iterator[None]:
+    """Functions traced inside are for ``platform`` ("cpu", "gpu", "cuda", "tpu", ...; None: both
+    branches, chosen when lowering). A ``jax.jit`` caches its trace whatever this says: trace
+    a jitted function for one platform only (``jaxhead.utils.compile.jit`` keeps one per
+    platform)."""
+    token = _TARGET.set(kind(platform))
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def current() -> str | None:
+    """The branch :func:`per_platform` takes now: "cpu", "accelerator" or None (by lowering
+    platform), ``JAXHEAD_PLATFORM_PATHS`` first."""
+    return forced() or _TARGET.get()
+
+
 def per_platform(*args: Any, cpu: Callable[..., Any], accelerator: Callable[..., Any]) -> Any:
-    """``cpu(*args)`` in a program lowered for CPU, ``accelerator(*args)`` for any other
-    platform (both must return the same shapes and dtypes; ``args`` positional pytrees)."""
-    force = forced()
-    if force == "cpu":
+    """``cpu(*args)`` in a program for CPU, ``accelerator(*args)`` for any other platform (both
+    must return the same shapes and dtypes; ``args`` positional pytrees of arrays)."""
+    which = current()
+    if which == "cpu":
         return cpu(*args)
-    if force == "accelerator":
+    if which == "accelerator":
         return accelerator(*args)
     return jax.lax.platform_dependent(*args, cpu=cpu, default=accelerator)

@@ -21,6 +21,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxhead.ops import platform as platform_lib
+
 CPU_CONV_CHOICES = ("eigen", "ynnpack")
 _YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -61,17 +63,55 @@ def _plain_needed(args: Any, kwargs: Any) -> bool:
     return False
 
 
+def _call_platform(args: Any, kwargs: Any) -> str | None:
+    """The platform a call runs on: under another trace the one that trace is for
+    (:func:`jaxhead.ops.platform.current`), else that of its arrays' or mesh's devices, else
+    JAX's default backend."""
+    leaves = jax.tree.leaves((args, kwargs))
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return platform_lib.current()
+    for x in leaves:
+        if isinstance(x, jax.sharding.Mesh):
+            return x.devices.flat[0].platform
+        if isinstance(x, jax.Array):
+            return next(iter(x.sharding.device_set)).platform
+    return jax.default_backend()
+
+
+def _for_platform(fun: Callable[..., Any], platform: str | None) -> Callable[..., Any]:
+    """``fun`` traced for ``platform`` (:func:`jaxhead.ops.platform.target`)."""
+
+    @functools.wraps(fun)
+    def traced_for(*args: Any, **kwargs: Any) -> Any:
+        with platform_lib.target(platform):
+            return fun(*args, **kwargs)
+
+    return traced_for
+
+
 class _Jitted:
-    """A function jitted twice: with :func:`compiler_options` for top-level single-device
-    calls, and plainly (jaxlib's defaults) under another trace or over several devices."""
+    """A function jitted once per (platform kind, options): traced for the platform it runs on
+    or is lowered for (:mod:`jaxhead.ops.platform`), with :func:`compiler_options` for
+    top-level single-device CPU calls, plainly (jaxlib's defaults) under another trace, over
+    several devices and for other platforms."""
 
     def __init__(self, fun: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-        self.top = jax.jit(fun, compiler_options=compiler_options(), **kwargs)
-        self.plain = jax.jit(fun, **kwargs)
+        self._fun, self._kwargs = fun, kwargs
+        self._variants: dict[tuple[str | None, bool], Any] = {}
         functools.update_wrapper(self, fun)
 
+    def _variant(self, platform: str | None, with_options: bool) -> Any:
+        kind = platform_lib.kind(platform)
+        with_options = with_options and kind == "cpu"
+        key = (kind, with_options)
+        if key not in self._variants:
+            opts = compiler_options("cpu") if with_options else None
+            self._variants[key] = jax.jit(_for_platform(self._fun, kind),
+                                          compiler_options=opts, **self._kwargs)
+        return self._variants[key]
+
     def _pick(self, args: Any, kwargs: Any) -> Any:
-        return self.plain if _plain_needed(args, kwargs) else self.top
+        return self._variant(_call_platform(args, kwargs), not _plain_needed(args, kwargs))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._pick(args, kwargs)(*args, **kwargs)
@@ -80,38 +120,53 @@ class _Jitted:
         return self._pick(args, kwargs).lower(*args, **kwargs)
 
     def trace(self, *args: Any, **kwargs: Any) -> _Traced:
-        """The traced program; its ``lower(lowering_platforms=...)`` for a platform other than
-        CPU carries no CPU compiler options."""
+        """The traced program; ``lower(lowering_platforms=...)`` traces it for those platforms
+        (one trace per kind: CPU / accelerator) and carries CPU compiler options for CPU only."""
         return _Traced(self, args, kwargs)
 
+    @property
+    def top(self) -> Any:
+        """The variant of a top-level call on the default backend (one device)."""
+        return self._variant(jax.default_backend(), True)
+
+    @property
+    def plain(self) -> Any:
+        """The variant of a call on the default backend with jaxlib's default options."""
+        return self._variant(jax.default_backend(), False)
+
     def _cache_size(self) -> int:
-        """Compiled variants of both (as ``jax.jit``'s, for tests of recompilation)."""
-        return self.top._cache_size() + self.plain._cache_size()
+        """Compiled variants (as ``jax.jit``'s, for tests of recompilation)."""
+        return sum(v._cache_size() for v in self._variants.values())
 
 
 class _Traced:
-    """``jax.jit(...).trace(...)`` of :class:`_Jitted`: traced (once, on first use) with the
-    CPU options where the program is lowered for CPU (or the default backend is CPU and no
-    platform is named), plainly for other lowering platforms."""
+    """``jax.jit(...).trace(...)`` of :class:`_Jitted`, traced on first use for the platforms
+    it is lowered for (``lowering_platforms``; default: those of the call)."""
 
     def __init__(self, jitted: _Jitted, args: Any, kwargs: Any) -> None:
         self._jitted, self._args, self._kwargs = jitted, args, kwargs
-        self._traced: dict[bool, Any] = {}
+        self._traced: dict[tuple[str | None, bool], Any] = {}
 
-    def _get(self, plain: bool) -> Any:
-        if plain not in self._traced:
-            j = self._jitted
-            fn = j.plain if plain else j._pick(self._args, self._kwargs)
-            self._traced[plain] = fn.trace(*self._args, **self._kwargs)
-        return self._traced[plain]
+    def _get(self, platform: str | None, with_options: bool) -> Any:
+        key = (platform_lib.kind(platform), with_options and platform_lib.kind(platform) == "cpu")
+        if key not in self._traced:
+            fn = self._jitted._variant(platform, with_options)
+            self._traced[key] = fn.trace(*self._args, **self._kwargs)
+        return self._traced[key]
 
     def lower(self, *, lowering_platforms: tuple[str, ...] | None = None, **kw: Any) -> Any:
-        names = lowering_platforms or (jax.default_backend(),)
-        plain = any(p != "cpu" for p in names)
-        return self._get(plain).lower(lowering_platforms=lowering_platforms, **kw)
+        options = not _plain_needed(self._args, self._kwargs)
+        if lowering_platforms is None:
+            traced = self._get(_call_platform(self._args, self._kwargs), options)
+        else:
+            kinds = {platform_lib.kind(p) for p in lowering_platforms}
+            one = lowering_platforms[0] if len(kinds) == 1 else None  # several: chosen by XLA
+            traced = self._get(one, options and kinds == {"cpu"})
+        return traced.lower(lowering_platforms=lowering_platforms, **kw)
 
-    def __getattr__(self, name: str) -> Any:  # jaxpr, out_info, ... of the traced program
-        return getattr(self._get(jax.default_backend() != "cpu"), name)
+    def __getattr__(self, name: str) -> Any:  # jaxpr, out_info, ... of the call's trace
+        return getattr(self._get(_call_platform(self._args, self._kwargs),
+                                 not _plain_needed(self._args, self._kwargs)), name)
 
 
 def jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
