@@ -121,7 +121,8 @@ def build_parser():
                          "configurations that do not fit in memory)")
     ap.add_argument("--devices", type=int, default=1,
                     help="devices on the data axis, one identity each (CPU: fake devices via "
-                         "XLA_FLAGS); XLA's plan is then per device")
+                         "XLA_FLAGS); XLA's plan is then per device, and the collectives of "
+                         "the sharded step (count, bytes) are listed")
     ap.add_argument("--shard-teacher", action="store_true",
                     help="shard the frozen teacher's large tensors across the devices")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
@@ -163,6 +164,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{(r['temp_bytes'] or 0) / gib:>14.2f}"
               f"{r['peak_bytes'] / gib:>10.2f}  {r['device']} ({r['peak_kind']}); "
               f"frozen values {r['frozen_values'] / 1e6:.0f} M")
+    if args.devices > 1:  # the sharded step: XLA's per-device plan and its collectives
+        print(f"\nper device (XLA's plan) and collectives of the {args.devices}-device step")
+        print(f"{'config':<22}{'args GiB':>10}{'temp GiB':>10}{'out GiB':>10}  collectives "
+              "(count, MiB)")
+        for r in rows:
+            coll = ", ".join(f"{k} {n} x {b / 2.0 ** 20:.1f}"
+                             for k, (n, b) in sorted(r["collectives"].items())) or "none"
+            print(f"{r['config']:<22}{(r['arg_bytes'] or 0) / gib:>10.2f}"
+                  f"{(r['temp_bytes'] or 0) / gib:>10.2f}{(r['output_bytes'] or 0) / gib:>10.2f}"
+                  f"  {coll}")
     return 0
 
 
