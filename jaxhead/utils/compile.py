@@ -10,6 +10,10 @@ docs/performance.md). The options are per program (``compiler_options`` of ``jax
 nothing process-wide changes and other backends compile as before; a program traced here and
 lowered for another platform (``.trace(...).lower(lowering_platforms=("cuda",))``) carries
 none. Programs over several devices keep jaxlib's defaults (see :func:`_plain_needed`).
+
+Each program is also traced for its platform (:func:`jaxhead.ops.platform.target`): that of the
+call's devices, or of ``lowering_platforms``; so CPU-only paths are in CPU programs only, and a
+CPU program holds no platform selection (docs/accelerators.md).
 """
 
 from __future__ import annotations
@@ -172,6 +176,6 @@ class _Traced:
 def jit(fun: Callable[..., Any], **kwargs: Any) -> Any:
     """``jax.jit(fun, **kwargs)`` compiled with :func:`compiler_options` when called at top
     level on one device (under another ``jit`` the outer program's options apply; over several
-    devices jaxlib's defaults). Call it where a program is built, not at import: it asks JAX
-    for its backend."""
+    devices jaxlib's defaults), traced for the platform it runs on or is lowered for (one
+    ``jax.jit`` per platform kind: CPU / accelerator)."""
     return _Jitted(fun, kwargs)
