@@ -235,14 +235,14 @@ def _check_train_step(name: str, teacher_dtype: str, platforms=(*ACCELERATORS, "
         assert not wrong, wrong[:3]
 
 
-@pytest.mark.heavy  # ~3-4 minutes on 2 busy cores: two traces of the demo step (-m heavy)
+@pytest.mark.heavy  # 232 s on 2 busy cores: two traces of the demo step (-m heavy)
 def test_demo_train_step_with_sd_teacher_lowers_without_cpu_paths():
     """The demo step with its tiny random SD stack in bfloat16 (every construct of the
     paper's step at toy size; the full-size step is the heavy test below)."""
     _check_train_step("demo_sd", "bfloat16")
 
 
-@pytest.mark.heavy  # ~6-8 minutes on 2 busy cores (two traces of the full step); -m heavy
+@pytest.mark.heavy  # 108 s on 2 idle cores (two traces of the full step), more when busy
 @pytest.mark.parametrize("teacher_dtype", ["bfloat16"])
 def test_paper_train_step_lowers_without_cpu_paths(teacher_dtype):
     """The paper's step (released PanoHead, SD 1.5 UNet + 2 ControlNets, VAE, LPIPS; random
