@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jaxhead import mesh as M
 from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 from jaxhead.models.panohead.demo import demo_config, demo_params, sculpt
-from jaxhead.render import seed_ws
+from jaxhead.turntable import seed_ws
 from jaxhead.utils import mesh_io
 
 

@@ -35,8 +35,8 @@ def measure(name: str, steps: int, compile_only: bool) -> dict:
     from jaxhead.training.config import validate_config
     from jaxhead.training.demo import demo_models, random_params
     from jaxhead.training.optim import make_optimizer
-    from jaxhead.training.portrait import Portrait
     from jaxhead.training.step import init_state, train_step
+    from jaxhead.training.terms.portrait import Portrait
     from jaxhead.utils.compile import jit
 
     tmp = Path(tempfile.mkdtemp())

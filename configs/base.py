@@ -135,12 +135,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.tweedie_weight = 0.1  # |x0_hat - (img + 1) / 2|^2 of the single view
     c.ldis_weight = 1.0  # relative distances of tri-planes of consecutive batches
     c.lpips_weight = 0.05  # LPIPS(alex) of x0_hat vs the single-view render (official)
-    # regularising terms of the baselines (jaxhead.training.regularizer_terms), each
+    # regularising terms of the baselines (jaxhead.training.terms.regularizers), each
     # terms.<name>.weight (0 = off) and its options: relative_distance (DiffusionGAN3D, batch
     # >= 2), displacement_variance (StyleMM CDL, batch >= 2), nada (StyleGAN-NADA CLIP
     # direction: source, target), identity (ArcFace 1 - cos), sgf_directional and
     # sgf_reconstruction (StyleGAN-Fusion: div, clamp), portrait (3DArtmator's single-portrait
-    # mode: configs/portrait.py; its options are documented in jaxhead/training/portrait.py)
+    # mode: configs/portrait.py; its options are documented in jaxhead/training/terms/portrait.py)
     c.terms = terms_config()
 
     # --- single-portrait mode (3DArtmator; configs/portrait.py, terms.portrait)

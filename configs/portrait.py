@@ -14,7 +14,7 @@ The portrait is inverted into the frozen generator first (``reference_invert_ste
 PanoHead's projector, cached as ``<workdir>/reference_w.npz``; skipped with ``reference_w``),
 then the generator is trained with the image-direction CLIP loss and the LPIPS of its render
 at the reference camera against the portrait (``terms.portrait``, all weights 1 as in the
-paper; jaxhead/training/portrait.py). No score distillation (``objective="none"``): no Stable
+paper; jaxhead/training/terms/portrait.py). No score distillation (``objective="none"``): no Stable
 Diffusion weights are needed, only the generator, CLIP (``models.clip``) and LPIPS-VGG16
 (``models.lpips_vgg``).
 """

@@ -452,6 +452,67 @@ def safe_load(f: BinaryIO, name: str | None = None) -> Any:
         raise UnsafePickleError(f"{pre}malformed pickle ({type(e).__name__}: {msg})") from e
 
 
+# Globals a pickle of plain numpy arrays (``pickle.dump({"mean": np.ndarray, ...})``) uses: the
+# array / dtype / scalar records, in numpy 1.x and 2.x spellings, and ``_codecs.encode``, which
+# pickle protocols <= 2 use for the arrays' raw bytes. Nothing else (no torch, no stubs).
+_ARRAY_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+})
+
+
+class _ArrayUnpickler(_RestrictedUnpickler):
+    """Plain containers of numpy arrays only: every global outside :data:`_ARRAY_GLOBALS` is
+    refused (torch records and class stubs included)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = _PY2_MODULES.get(module, module)
+        if (module, name) in _ARRAY_GLOBALS:
+            return _ALLOWED[(module, name)]
+        raise UnsafePickleError(
+            f"refusing to load global '{module}.{name}': a pickle of numpy arrays needs only "
+            "numpy's array records (it could run code)")
+
+
+def safe_load_arrays(f: BinaryIO, name: str | None = None) -> Any:
+    """Unpickle ``f``, a pickle of plain data and numpy arrays (dicts, lists, numbers, numeric
+    ndarrays), such as 3DDFA_V2's ``configs/*.pkl``. Arrays come back as plain ``np.ndarray``
+    copies, checked like :func:`safe_load`'s; any other global is refused with
+    :class:`UnsafePickleError` naming the file (a :class:`~jaxhead.errors.DataError`)."""
+    where = name if name is not None else getattr(f, "name", None)
+    pre = f"{str(where)!r}: " if where else ""
+    try:
+        obj = _ArrayUnpickler(f).load()
+    except OSError:
+        raise
+    except UnsafePickleError as e:
+        raise UnsafePickleError(pre + str(e)) from e
+    except EOFError as e:
+        raise DataError(f"{pre}the pickle is empty or truncated") from e
+    except MemoryError as e:
+        raise UnsafePickleError(f"{pre}a record declares an object too large for memory "
+                                "(corrupt or hostile file)") from e
+    except Exception as e:  # anything else raised while decoding untrusted bytes
+        msg = _short(str(e) or type(e).__name__, 200)
+        raise UnsafePickleError(f"{pre}malformed pickle ({type(e).__name__}: {msg})") from e
+    return _plain_arrays(obj)
+
+
+def _plain_arrays(x: Any, depth: int = 0) -> Any:
+    """Containers as they are, ``_PickledArray`` records as plain ``np.ndarray`` copies."""
+    if depth > 64:
+        raise UnsafePickleError("the pickle is nested too deeply (or cyclic)")
+    if isinstance(x, np.ndarray):
+        return np.array(x, subok=False)
+    if isinstance(x, dict):
+        return {k: _plain_arrays(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain_arrays(v, depth + 1) for v in x)
+    return x
+
+
 def _table(x: Any, what: str) -> dict[str, Any]:
     if x is None:
         return {}

@@ -107,6 +107,9 @@ def parse_methods(methods: Mapping[str, str], only: str = "") -> dict[str, dict[
         raise UsageError("methods is empty: nothing to compare")
     if only:
         names = [n.strip() for n in only.split(",") if n.strip()]
+        if not names:
+            raise UsageError(f"only={only!r} names no method (comma-separated names of "
+                             f"{list(out)}, or empty for all)")
         bad = [n for n in names if n not in out]
         if bad:
             raise UsageError(f"only: {bad} not among the methods {list(out)}")
@@ -149,10 +152,11 @@ def method_config(train: Any, name: str, overrides: Mapping[str, Any], steps: in
 def validate(config) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """``({name: overrides}, {name: training config})`` of the selected methods; every config
     problem is a :class:`UsageError` before anything is computed."""
+    from jaxhead.config_cli import check_workdir
+
     if int(config.steps) < 1:
         raise UsageError(f"steps={config.steps} (the budget of every method, >= 1)")
-    if not config.workdir:
-        raise UsageError("workdir is empty")
+    check_workdir(config.workdir)
     t = config.train
     if t.models.generator == "demo" and int(t.seed) != 0:
         raise UsageError(f"train.seed={t.seed} with the demo generator: the evaluation's "
@@ -263,6 +267,7 @@ def compare(config, *, train_fn: TrainFn | None = None, verbose: bool = True
     {name: {"status": "trained" | "reused" | "failed", ...}}, "evaluation": evaluate's result
     or None}``. ``train_fn(config, workdir) -> generator dir`` replaces the trainer (tests)."""
     from jaxhead import evaluate as ev
+    from jaxhead.render import check_writable
 
     methods, cfgs = validate(config)
     missing = missing_weights(config, cfgs)
@@ -272,7 +277,7 @@ def compare(config, *, train_fn: TrainFn | None = None, verbose: bool = True
     train_fn = train_fn or (lambda c, wd: train_method(c, wd, progress=verbose))
     log = print if verbose else (lambda *a, **k: None)
     out = Path(config.workdir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # before any method trains (each would fail with its traceback)
     status: dict[str, dict[str, Any]] = {}
     n = len(cfgs)
     for i, (name, c) in enumerate(cfgs.items(), 1):
@@ -319,35 +324,23 @@ def compare(config, *, train_fn: TrainFn | None = None, verbose: bool = True
     return {"methods": status, "evaluation": result, "report": summary["report"]}
 
 
+def _run(config) -> int:
+    res = compare(config)
+    failed = {k: s["error"] for k, s in res["methods"].items() if s["status"] == "failed"}
+    if failed:
+        raise DataError(f"{len(failed)} method(s) failed ("
+                        + "; ".join(f"{k}: {m}" for k, m in failed.items())
+                        + f"); the report {res['report']} covers the others")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: ``--config FILE [--config.field=value ...]``; errors are one line on stderr
     (exit 2 for usage, 1 for data / missing weights / a failed method)."""
-    from absl import logging
+    from jaxhead.config_cli import config_main
 
-    from jaxhead.config_cli import enable_compilation_cache, parse_config
-    from jaxhead.errors import run_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-
-    def run(args):
-        if not any(a == "--config" or a.startswith("--config=") for a in args):
-            raise UsageError("--config FILE is required (e.g. --config configs/compare_demo.py)")
-        config = parse_config(args, prog="jaxhead.compare", documented_in="configs/compare.py")
-        validate(config)  # before the compilation cache directory is created
-        enable_compilation_cache(config.compilation_cache)
-        res = compare(config)
-        failed = {k: s["error"] for k, s in res["methods"].items() if s["status"] == "failed"}
-        if failed:
-            raise DataError(f"{len(failed)} method(s) failed ("
-                            + "; ".join(f"{k}: {m}" for k, m in failed.items())
-                            + f"); the report {res['report']} covers the others")
-        return 0
-
-    return run_cli(run, argv)
+    return config_main(argv, doc=__doc__, prog="jaxhead.compare",
+                       documented_in="configs/compare.py", validate=validate, run=_run)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,10 @@ def evaluate(config, *, verbose: bool = True, notes: str = "") -> dict[str, Any]
     reported (``MissingWeightsError``, every piece with its convert command) before any
     compute. ``notes`` (markdown) is appended to ``report.md`` (``jaxhead.compare``: the
     methods and their runs)."""
+    from jaxhead.config_cli import check_workdir
     from jaxhead.render import check_writable
 
+    check_workdir(config.workdir)
     config = assets.validate(config)
     assets.check_weights(config)
     workdir = Path(config.workdir)
@@ -131,24 +133,11 @@ def evaluate(config, *, verbose: bool = True, notes: str = "") -> dict[str, Any]
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: ``--config FILE [--config.field=value ...]``; errors are one line on stderr
     (exit 2 for usage, 1 for data / missing weights)."""
-    from jaxhead.config_cli import enable_compilation_cache, parse_config
-    from jaxhead.errors import UsageError, run_cli
+    from jaxhead.config_cli import config_main
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-
-    def run(args):
-        if not any(a == "--config" or a.startswith("--config=") for a in args):
-            raise UsageError("--config FILE is required (e.g. --config configs/eval_demo.py)")
-        config = assets.validate(parse_config(args, prog="jaxhead.evaluate",
-                                              documented_in="configs/eval.py"))
-        enable_compilation_cache(config.compilation_cache)
-        evaluate(config)
-        return 0
-
-    return run_cli(run, argv)
+    return config_main(argv, doc=__doc__, prog="jaxhead.evaluate",
+                       documented_in="configs/eval.py", validate=assets.validate,
+                       run=evaluate)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ of NHWC arrays (see :meth:`Generator3D.render`).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Callable
@@ -78,14 +79,30 @@ class Generator3D(Protocol):
         ...
 
 
-# config.json "format" -> loader(directory, verify=...) -> (generator, params)
-LOADERS: dict[str, Callable[..., tuple[Generator3D, Params]]] = {}
+Loader = Callable[..., tuple[Generator3D, Params]]
+
+# config.json "format" -> loader(directory, verify=...) -> (generator, params), or the loader's
+# "module:function" path, imported on first use (so no generator module imports this one and
+# no import circle forms). The format a directory with no config.json is read as comes first.
+LOADERS: dict[str, Loader | str] = {
+    "jaxhead.panohead/1": "jaxhead.models.panohead:load_panohead",
+}
+DEFAULT_FORMAT = "jaxhead.panohead/1"
 
 
-def register_generator(fmt: str, loader: Callable[..., tuple[Generator3D, Params]]) -> None:
+def register_generator(fmt: str, loader: Loader | str) -> None:
     """Make :func:`load_generator` read directories whose ``config.json`` has ``format``;
-    ``loader(directory, verify=bool)`` (``verify``: check the stored content hash)."""
+    ``loader(directory, verify=bool)`` (``verify``: check the stored content hash), or its
+    ``"module:function"`` path."""
     LOADERS[fmt] = loader
+
+
+def _loader(fmt: str) -> Loader:
+    entry = LOADERS[fmt]
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        entry = LOADERS[fmt] = getattr(importlib.import_module(module), name)
+    return entry
 
 
 def load_generator(directory: str | os.PathLike, *,
@@ -93,11 +110,10 @@ def load_generator(directory: str | os.PathLike, *,
     """Load a saved generator of any registered format (PanoHead by default); ``verify``
     checks its content hash and finiteness (:func:`jaxhead.utils.params_io.load_params`)."""
     from jaxhead.errors import DataError
-    from jaxhead.models import panohead  # registers its format; the default loader
 
     cfg_path = Path(directory) / "config.json"
-    if not cfg_path.is_file():  # PanoHead's loader names what is missing and how to make it
-        return panohead.load_panohead(directory, verify=verify)
+    if not cfg_path.is_file():  # the default loader names what is missing and how to make it
+        return _loader(DEFAULT_FORMAT)(directory, verify=verify)
     try:
         fmt = json.loads(cfg_path.read_text()).get("format")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
@@ -105,4 +121,4 @@ def load_generator(directory: str | os.PathLike, *,
     if fmt not in LOADERS:
         raise DataError(f"{os.fspath(cfg_path)!r}: unknown generator format {fmt!r} "
                         f"(known: {sorted(LOADERS)})")
-    return LOADERS[fmt](directory, verify=verify)
+    return _loader(fmt)(directory, verify=verify)

@@ -40,22 +40,61 @@ def _stem(name: str) -> str:
     return os.path.splitext(name)[0].replace("/", "__")
 
 
+def _number(v: object) -> float:
+    """A label value: a number or a numeric string (JSON ``true`` / ``false`` are refused)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise ValueError(f"{v!r} is not a number")
+    return float(v)
+
+
+def camera_problem(c: np.ndarray) -> str | None:
+    """Why ``c`` [25] is not a camera (cam2world with a rotation, the camera within 100 units
+    of the head, positive focal lengths), or None."""
+    if c.shape != (25,) or not np.isfinite(c).all():
+        return f"has {c.size} values (need 25 finite)"
+    m, k = c[:16].astype(np.float64).reshape(4, 4), c[16:].astype(np.float64).reshape(3, 3)
+    r = m[:3, :3]
+    if np.abs(r.T @ r - np.eye(3)).max() > 1e-2 or np.linalg.det(r) < 0:
+        return "cam2world's upper-left 3x3 is not a rotation"
+    if np.abs(m[3] - [0, 0, 0, 1]).max() > 1e-3:
+        return f"cam2world's last row is {m[3].tolist()}, not [0, 0, 0, 1]"
+    if not 0 < np.linalg.norm(m[:3, 3]) <= 100:
+        return f"the camera is {np.linalg.norm(m[:3, 3]):.3g} units from the head"
+    if not (0 < k[0, 0] <= 1e3 and 0 < k[1, 1] <= 1e3) or np.abs(k[:2, 2]).max() > 1e3 \
+            or np.abs(k[2] - [0, 0, 1]).max() > 1e-3:
+        return f"the intrinsics {k.ravel().tolist()} are not [fx, 0, cx, 0, fy, cy, 0, 0, 1] " \
+               "with focal lengths in (0, 1000]"
+    return None
+
+
 def read_labels(folder: Path) -> dict[str, np.ndarray]:
-    """``dataset.json`` -> ``{relative file name: camera [25] float32}``."""
+    """``dataset.json`` -> ``{relative file name: camera [25] float32}``; a label that is not a
+    camera is refused naming the file and the entry."""
     path = folder / "dataset.json"
     if not path.is_file():
         raise DataError(f"{str(folder)!r} has no dataset.json; expected {LAYOUT}")
+    where = "labels"
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
+        if not isinstance(labels, list):
+            raise TypeError(f"labels is a {type(labels).__name__}, not a list")
         out = {}
-        for entry in labels:
+        for i, entry in enumerate(labels):
+            where = f"entry {i}"
             name, cam = entry
-            c = np.asarray([float(v) for v in cam], np.float32)
-            if c.shape != (25,) or not np.isfinite(c).all():
-                raise ValueError(f"label of {name!r} has {c.size} values (need 25 finite)")
-            out[str(name).replace("\\", "/")] = c
+            if not isinstance(name, str) or not isinstance(cam, list):
+                raise TypeError("expected [file name, [25 numbers]]")
+            where = f"entry {i} ({name!r})"
+            c = np.asarray([_number(v) for v in cam], np.float64)
+            problem = camera_problem(c)
+            if problem is not None:
+                raise ValueError(f"camera {problem}")
+            out[name.replace("\\", "/")] = c.astype(np.float32)
+    except RecursionError:
+        raise DataError(f"{str(path)!r} is nested too deeply to be a PanoHead label file; "
+                        f"expected {LAYOUT}") from None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-        raise DataError(f"{str(path)!r}: not a PanoHead label file ({e}); expected "
+        raise DataError(f"{str(path)!r}: {where}: not a PanoHead label ({e}); expected "
                         f"{LAYOUT}") from None
     return out
 
@@ -115,4 +154,5 @@ def frontal_camera(yaw: float = 0.0, pitch: float = 0.0) -> np.ndarray:
     return np.asarray(make_camera(jnp.array([yaw]), jnp.array([pitch])))[0]
 
 
-__all__ = ["LAYOUT", "Target", "frontal_camera", "list_targets", "load_image", "read_labels"]
+__all__ = ["LAYOUT", "Target", "camera_problem", "frontal_camera", "list_targets", "load_image",
+           "read_labels"]

@@ -11,12 +11,16 @@ image (camera from ``--yaw`` / ``--pitch``, frontal by default). Per image ``<st
 Identities are processed ``--batch`` at a time (split over the local devices); ``--chunk K``
 projects them ``K`` at a time in sequence (same result, memory of ``K`` identities).
 
-Nothing in OUT is overwritten: a stem whose ``.npz`` exists is skipped (so an interrupted run
-resumes); any other leftover output of a stem stops the run with its name.
+A stem whose ``.npz`` exists and records this run's settings (steps, PTI steps, generator,
+perceptual network, camera, near plane, seed) is skipped, so an interrupted run resumes; one
+made with other settings is redone (the log names the changed settings). Any other leftover
+output of a stem stops the run with its name. A non-finite result is never written: its stem is
+reported and the run exits 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -32,39 +36,19 @@ from tqdm import tqdm
 
 from jaxhead.camera import make_camera
 from jaxhead.errors import ArgumentParser, DataError, UsageError, run_cli
+from jaxhead.evaluation.cache import directory_digest
 from jaxhead.inversion_data import Target, frontal_camera, list_targets, load_image
+from jaxhead.inversion_outputs import outputs, pending, run_settings, stem_settings, write_npz
 from jaxhead.models.lpips_vgg import load_lpips_vgg
 from jaxhead.models.panohead import PanoHead, load_panohead, save_panohead
 from jaxhead.projector import Projector, ProjectorConfig, Targets
+from jaxhead.render import check_writable
 from jaxhead.utils.compile import jit
+from jaxhead.utils.image_io import to_uint8
 from jaxhead.utils.params_io import write_text_atomic
 
 PERCEPTUAL = {"vgg16_nvidia": "checkpoints/vgg16_nvidia", "lpips_vgg": "checkpoints/lpips_vgg"}
 COMPARE_YAWS = (math.pi / 3, -math.pi / 3, math.pi)
-
-
-def outputs(out: Path, stem: str, pti: bool) -> list[Path]:
-    """The files a finished stem has (the ``.npz`` last: it marks the stem done)."""
-    files = [out / f"{stem}.json", out / f"{stem}_compare.png"]
-    if pti:
-        files.append(out / f"{stem}_pti")
-    return files + [out / f"{stem}.npz"]
-
-
-def pending(targets: list[Target], out: Path, pti: bool) -> list[Target]:
-    """Targets not yet done; refuses (``DataError``) if a stem has partial outputs."""
-    todo = []
-    for t in targets:
-        files = outputs(out, t.stem, pti)
-        if files[-1].exists():
-            continue
-        for f in files[:-1]:
-            if f.exists():
-                raise DataError(f"{str(f)!r} exists but {files[-1].name} does not (an "
-                                "interrupted or different run?): move it away or use another "
-                                "--out; nothing was overwritten")
-        todo.append(t)
-    return todo
 
 
 def psnr(mse_m11: np.ndarray) -> np.ndarray:
@@ -72,21 +56,11 @@ def psnr(mse_m11: np.ndarray) -> np.ndarray:
     return 10 * np.log10(4.0 / np.maximum(mse_m11, 1e-12))
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((img + 1) * 127.5), 0, 255).astype(np.uint8)
-
-
 def _write_png(path: Path, img: np.ndarray) -> None:
     from PIL import Image
 
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(img).save(tmp, format="PNG")
-    tmp.replace(path)
-
-
-def _write_npz(path: Path, w: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, w=w.astype(np.float32))
     tmp.replace(path)
 
 
@@ -107,7 +81,15 @@ def _place(tree, mesh: Mesh, batch: int):
         x, part if x.ndim and x.shape[0] == batch else rep), tree)
 
 
-def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Path) -> None:
+def _finite(*trees) -> bool:
+    return all(bool(np.isfinite(np.asarray(x)).all()) for t in trees for x in jax.tree.leaves(t))
+
+
+def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Path,
+        settings: dict) -> list[str]:
+    """Invert ``targets`` into ``out``; returns the stems whose result was not finite (nothing
+    of them is written)."""
+    failed: list[str] = []
     cfg = ProjectorConfig(num_steps=args.steps, ray_start=args.ray_start)
     proj = Projector(G, params, lpips_params, cfg)
     mesh = _mesh(args.batch, args.chunk)
@@ -165,6 +147,11 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
             shown, mse, perc = views_and_losses(params, w1, one)
             if tuned is not None:
                 shown, m, q = views_and_losses(p, w1, one)
+            if not _finite(w1, mse, perc, *(() if tuned is None else (p, m, q))):
+                tqdm.write(f"{t.name}: the result is not finite (MSE {mse}, LPIPS {perc}); "
+                           "nothing written for it")
+                failed.append(t.stem)
+                continue
             tiles = [to_uint8(np.asarray(images[j]))] + [to_uint8(x) for x in shown]
             files = outputs(out, t.stem, tuned is not None)
             info = {"image": t.name, "steps": args.steps, "seconds": round(seconds, 2),
@@ -172,7 +159,8 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
                     "perceptual": args.perceptual,
                     "camera": [float(v) for v in t.camera],
                     "camera_corrected": [float(v) for v in np.asarray(tgt.c[j])],
-                    "ray_start": proj.G.config.ray_start}
+                    "ray_start": proj.G.config.ray_start,
+                    "settings": stem_settings(settings, t.camera)}
             if tuned is not None:
                 info["pti"] = {"steps": args.pti_steps, "mse": m, "lpips": q,
                                "psnr": float(psnr(np.float32(m))), "generator": files[2].name}
@@ -181,9 +169,21 @@ def run(args, G: PanoHead, params, lpips_params, targets: list[Target], out: Pat
             if tuned is not None:
                 save_panohead(files[2], proj.G, p,
                               extra={"source": "jaxhead.invert PTI", "image": t.name})
-            _write_npz(files[-1], np.asarray(w1))
+            write_npz(files[-1], np.asarray(w1), stem_settings(settings, t.camera))
             tqdm.write(f"{t.name}: PSNR {info['psnr']:.2f} dB, LPIPS {info['lpips']:.4f}"
                        + (f"; after PTI {info['pti']['psnr']:.2f} dB" if tuned else ""))
+    return failed
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite float (``nan`` / ``inf`` are a one-line usage error)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
 
 
 def build_parser():
@@ -199,13 +199,15 @@ def build_parser():
     ap.add_argument("--chunk", type=int, default=None,
                     help="project this many identities at a time, in sequence (same result, "
                          "less memory; must divide --batch; default: all at once)")
-    ap.add_argument("--yaw", type=float, default=0.0, help="one image's yaw, radians (0)")
-    ap.add_argument("--pitch", type=float, default=0.0, help="one image's pitch, radians (0)")
+    ap.add_argument("--yaw", type=finite_float, default=0.0,
+                    help="one image's yaw, radians (0)")
+    ap.add_argument("--pitch", type=finite_float, default=0.0,
+                    help="one image's pitch, radians (0)")
     ap.add_argument("--perceptual", choices=sorted(PERCEPTUAL), default="vgg16_nvidia",
                     help="which converted LPIPS-VGG16 (vgg16_nvidia)")
     ap.add_argument("--perceptual-weights", default=None,
                     help="its directory (default checkpoints/<perceptual>)")
-    ap.add_argument("--ray-start", type=float, default=2.35,
+    ap.add_argument("--ray-start", type=finite_float, default=2.35,
                     help="render near plane during inversion (2.35, as the official script)")
     ap.add_argument("--seed", type=int, default=0, help="w-noise and ray-sampling seed")
     ap.add_argument("--no-verify", action="store_true", help="skip weight hash checks")
@@ -222,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--chunk must be a divisor of --batch {a.batch}, got {a.chunk}")
     if a.pti_steps < 0:
         raise UsageError(f"--pti-steps must be >= 0, got {a.pti_steps}")
+    if a.ray_start <= 0:
+        raise UsageError(f"--ray-start must be > 0, got {a.ray_start}")
     images = Path(a.images)
     if images.is_file() and images.suffix.lower() == ".json":
         raise UsageError("--images takes the folder that holds dataset.json, not the file")
@@ -232,18 +236,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {str(out)!r} is a file, expected a directory")
+    check_writable(out)  # before any model is loaded or any step computed
     G, params = load_panohead(a.generator, verify=not a.no_verify)
     if not G.has_t_mapping(params):
         G.camera_offset(params, jnp.zeros((1, G.z_dim)), jnp.zeros((1, 25)))  # raises, names fix
-    lp = load_lpips_vgg(a.perceptual_weights or PERCEPTUAL[a.perceptual],
-                        verify=not a.no_verify)
-    out.mkdir(parents=True, exist_ok=True)
-    todo = pending(targets, out, a.pti_steps > 0)
+    if a.ray_start >= G.config.ray_end:
+        raise UsageError(f"--ray-start {a.ray_start} must be below the generator's far plane "
+                         f"{G.config.ray_end}")
+    perceptual_dir = a.perceptual_weights or PERCEPTUAL[a.perceptual]
+    lp = load_lpips_vgg(perceptual_dir, verify=not a.no_verify)
+    settings = run_settings(steps=a.steps, pti_steps=a.pti_steps,
+                            generator=directory_digest(a.generator),
+                            perceptual=directory_digest(perceptual_dir),
+                            ray_start=a.ray_start, seed=a.seed)
+    todo, redo = pending(targets, out, a.pti_steps > 0, settings)
+    for line in redo:
+        print(line, file=sys.stderr)
     if len(todo) < len(targets):
         print(f"{len(targets) - len(todo)} of {len(targets)} images already done in {out}",
               file=sys.stderr)
-    if todo:
-        run(a, G, params, lp, todo, out)
+    failed = run(a, G, params, lp, todo, out, settings) if todo else []
+    if failed:
+        raise DataError(f"the inversion of {', '.join(failed)} is not finite (check "
+                        f"--ray-start, the cameras in {a.images} and the generator); nothing "
+                        f"was written for {'it' if len(failed) == 1 else 'them'}")
     return 0
 
 

@@ -5,6 +5,7 @@ paper's inference as ``np.load(f)["w"]``). The identity's name is the file stem.
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,28 @@ def save_ws(path: str | os.PathLike, w: np.ndarray) -> Path:
     with open(path, "wb") as f:
         np.savez(f, w=w)
     return path
+
+
+def seed_to_z(seed: int, z_dim: int = 512) -> np.ndarray:
+    """The official scripts' latent for a seed: ``RandomState(seed).randn(1, z_dim)``."""
+    return np.random.RandomState(seed).randn(1, z_dim).astype(np.float32)
+
+
+def parse_seeds(s: str) -> list[int]:
+    """``"0,1,5-7"`` -> [0, 1, 5, 6, 7]."""
+    out: list[int] = []
+    for part in s.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-")
+            out += list(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    if not out:
+        raise argparse.ArgumentTypeError("no seeds given")
+    return out
 
 
 # a w is a few tens of KB ([1, 14, 512] float32 for PanoHead); a header declaring more is refused

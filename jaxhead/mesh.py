@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from jaxhead.errors import DataError
 from jaxhead.utils.compile import jit
+from jaxhead.utils.mesh_io import Mesh
 
 PANOHEAD_LEVEL = 10.0  # iso level of the raw density in gen_samples.py --shapes
 TRIM_VOXELS_AT_256 = 30  # border trimmed, in voxels of a 256 grid (scaled with N)
@@ -41,16 +42,6 @@ DEFAULT_CHUNK = 1 << 18  # points per compiled call (~0.3 GiB of temporaries for
 
 # A field: ``(args, points [M, 3]) -> density [M]``, traced with ``args`` as a pytree.
 Field = Callable[[Any, jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Mesh:
-    """A triangle mesh: ``vertices [V, 3]`` float32, ``faces [F, 3]`` int32 (counter-clockwise
-    seen from outside), optional ``colors [V, 3]`` uint8."""
-
-    vertices: np.ndarray
-    faces: np.ndarray
-    colors: np.ndarray | None = None
 
 
 def voxel_size(resolution: int, box_size: float) -> float:

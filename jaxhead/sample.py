@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from jaxhead import sampling as S
 from jaxhead.errors import ArgumentParser, DataError, UsageError, finite_float, run_cli
-from jaxhead.render import _imwrite, check_writable, parse_seeds
-from jaxhead.utils.image_io import image_size, read_rgb
+from jaxhead.latents import parse_seeds
+from jaxhead.render import check_writable
+from jaxhead.utils.image_io import image_size, read_rgb, write_image
 
 
 def load_image(path: str, size: int | None) -> np.ndarray:
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 control_scale=args.control_scale, progress=True)
             imgs = np.clip(np.rint(np.asarray(out.images[:b]) * 255), 0, 255).astype(np.uint8)
             for seed, img in zip(chunk, imgs, strict=True):
-                written.append(_imwrite(out_dir / f"seed{seed:04d}.png", img))
+                written.append(write_image(out_dir / f"seed{seed:04d}.png", img))
     for p in written:
         print(p)
     return 0

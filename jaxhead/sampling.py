@@ -37,7 +37,7 @@ from jaxhead.models import clip_text
 from jaxhead.models import vae as vae_lib
 from jaxhead.teacher import ControlNetAssignment, Teacher, load_teacher
 from jaxhead.utils.compile import jit
-from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE
+from jaxhead.utils.params_io import is_converted
 
 Array = jax.Array
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -327,16 +327,12 @@ def encode_prompts(sd: StableDiffusion, params: Any, prompts: Sequence[str]) -> 
 # --- loading --------------------------------------------------------------------------------
 
 
-def _converted(path: Path) -> bool:
-    return (path / PARAMS_FILE).is_file() and (path / CONFIG_FILE).is_file()
-
-
 def missing_sd(root: str | os.PathLike, controlnets: Sequence[str] = ()) -> list[str]:
     """Missing pieces of a converted SD folder, as one entry with the convert command (empty
     when complete)."""
     root = Path(root)
     parts = ["unet", "vae", "text_encoder"] + [f"controlnet_{n}" for n in controlnets]
-    miss = [p for p in parts if not _converted(root / p)]
+    miss = [p for p in parts if not is_converted(root / p)]
     if not (root / "tokenizer").is_dir():
         miss.append("tokenizer")
     if not (root / "scheduler" / "scheduler_config.json").is_file():

@@ -12,6 +12,7 @@ front / side / back, the grid with its control), ``config.json``, and at the end
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -23,12 +24,12 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxhead.config_cli import enable_compilation_cache, parse_config
 from jaxhead.errors import TrainingDiverged
 from jaxhead.training import checkpoint, sharding
 from jaxhead.training.config import validate_config
-from jaxhead.training.logging import MetricWriter, save_png, to_uint8
-from jaxhead.training.models import Models, build_models, describe, enabled_terms_with
+from jaxhead.training.demo import build_models
+from jaxhead.training.logging import MetricWriter, save_png
+from jaxhead.training.models import Models, describe
 from jaxhead.training.optim import make_optimizer, merge
 from jaxhead.training.sampling import conditioning_ws
 from jaxhead.training.step import init_state, train_step
@@ -37,6 +38,7 @@ from jaxhead.training.terms import enabled_terms
 from jaxhead.training.workdir import check_resume, truncate_metrics
 from jaxhead.utils.compile import jit
 from jaxhead.utils.host_memory import release_free_host_memory
+from jaxhead.utils.image_io import to_uint8
 
 
 class Built(NamedTuple):
@@ -79,11 +81,12 @@ def build(config, perceptual_fn: Any = None, workdir: str | os.PathLike | None =
         path = Path(workdir or config.workdir) / style_bank.BANK_FILE
         frozen["style"] = style_bank.load_or_make(path, models, frozen, config,
                                                   write=jax.process_index() == 0)
-    for term in enabled_terms_with("prepare", config):  # e.g. the portrait's inversion
-        nets = frozen.setdefault("terms", {}).get(term.name, {})
-        frozen["terms"][term.name] = {**nets, **term.prepare(
-            models, frozen, config, workdir or config.workdir,
-            write=jax.process_index() == 0)}
+    for term in enabled_terms(config):  # e.g. the portrait's inversion
+        extra = term.prepare(models, frozen, config, workdir or config.workdir,
+                             write=jax.process_index() == 0)
+        if extra:
+            nets = frozen.setdefault("terms", {}).get(term.name, {})
+            frozen["terms"][term.name] = {**nets, **extra}
     mesh = sharding.make_mesh(config)
     frozen = sharding.place_frozen(frozen, mesh, config)
     optimizer = make_optimizer(config)
@@ -127,18 +130,27 @@ def compile_step(step_fn, state, frozen, *, verbose: bool = True) -> None:
         print(f"jaxhead.train: step compiled in {dt:.1f} s{plan}", flush=True)
 
 
+def base_defaults() -> dict[str, Any]:
+    """Every field of ``configs/base.py`` with its default (JSON values): what a resumed run's
+    saved config lacks takes these (:func:`jaxhead.training.workdir.check_resume`). The
+    entry point reads the configs; the library below it never does."""
+    from configs import base
+
+    return json.loads(base.get_config().to_json_best_effort())
+
+
 def train_and_evaluate(config, workdir: str | None = None, *, progress: bool = True,
                        built: Built | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary dict (final metrics, paths, state)."""
     workdir = Path(workdir or config.workdir)
     config = validate_config(config)
-    check_resume(workdir, config)  # before anything is written
+    check_resume(workdir, config, base_defaults())  # before anything is written
     preview_ids = None  # inverted identities the previews follow (read before any write)
     if config.preview_ws:
         from jaxhead.training.preview import read_preview_ws
 
         preview_ids = read_preview_ws(config)
-    for term in enabled_terms_with("check_inputs", config):  # e.g. the portrait's reference
+    for term in enabled_terms(config):  # e.g. the portrait's reference
         term.check_inputs(config)
     start_distributed(config)
     is_main = jax.process_index() == 0
@@ -315,24 +327,11 @@ def final_turntables(workdir: Path, gen_dir: Path, config) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: errors in the flags, the config or the input files are one line on stderr
     (exit 2 / 1); see :mod:`jaxhead.errors`."""
-    from absl import logging
+    from jaxhead.config_cli import config_main
 
-    from jaxhead.errors import run_cli
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(argv):
-        print(__doc__)
-        return 0
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-
-    def run(args):
-        config = parse_config(args)
-        validate_config(config)  # before the cache directory is created
-        enable_compilation_cache(config.compilation_cache)
-        train_and_evaluate(config)
-        return 0
-
-    return run_cli(run, argv)
+    return config_main(argv, doc=__doc__, prog="jaxhead.train",
+                       documented_in="configs/base.py", validate=validate_config,
+                       run=train_and_evaluate)
 
 
 if __name__ == "__main__":

@@ -266,3 +266,28 @@ def test_lpips_converter_full_destination_keeps_earlier_output(tmp_path, capsys)
         _probe(capsys, lpips_conv.main, ["--alexnet", src, dst], 1, dst / "params.safetensors",
                "File too large")
     assert _snapshot(dst) == before
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIGS = {"train": "demo.py", "evaluate": "eval_demo.py", "compare": "compare_demo.py"}
+
+
+def test_config_tools_require_config_and_a_workdir(tmp_path, capsys, monkeypatch):
+    """train / evaluate / compare: no ``--config`` is one usage line naming configs/demo.py
+    (train used to train the demo into ./runs/demo), and an empty ``--config.workdir=`` one
+    refusal (evaluate used to write into the current directory), the same in all three;
+    nothing is written."""
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    lines: dict[str, set[str]] = {"no_config": set(), "empty": set()}
+    for tool, cfg in DEMO_CONFIGS.items():
+        main = importlib.import_module(f"jaxhead.{tool}").main
+        lines["no_config"].add(_probe(capsys, main, ["--config.compilation_cache="], 2,
+                                      "--config FILE is required", "configs/demo.py"))
+        lines["empty"].add(_probe(capsys, main, ["--config", ROOT / "configs" / cfg,
+                                                 "--config.workdir=",
+                                                 "--config.compilation_cache="], 2,
+                                  "workdir is empty"))
+        assert list(tmp_path.iterdir()) == [], tool
+    assert len(lines["no_config"]) == len(lines["empty"]) == 1, lines

@@ -199,6 +199,25 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                         train_fn=StandInTrainer(fail={"weak", "strong", "broken"}))
 
 
+def test_empty_selection_and_unwritable_workdir_are_one_line(tmp_path, capsys):
+    """``only=,`` selected nothing and reported "every method failed"; an unwritable workdir
+    printed each method's traceback: both are one line before any training."""
+    code = compare.main(["--config", "configs/compare_demo.py", "--config.only=,",
+                         f"--config.workdir={tmp_path / 'cmp'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "only=',' names no method" in err[0], err
+    from fs_testlib import disk_full
+
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "compare.json").write_text("earlier")
+    trainer = StandInTrainer()
+    with disk_full(0), pytest.raises(DataError, match="cmp' is not writable"):  # as read-only
+        compare.compare(_config(tmp_path), verbose=False, train_fn=trainer)
+    assert trainer.calls == [] and capsys.readouterr().err == ""
+    assert [p.name for p in (tmp_path / "cmp").iterdir()] == ["compare.json"]
+    assert (tmp_path / "cmp" / "compare.json").read_text() == "earlier"
+
+
 @pytest.mark.heavy  # two demo train steps compiled: 6.5 min at load 10 (185 s CPU); -m heavy
 def test_real_trainer_two_methods_one_step(tmp_path, capsys):
     """The real trainer behind the comparison: ``ld`` and ``sds`` one grid step each on the

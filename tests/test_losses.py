@@ -1,5 +1,6 @@
 """Distillation objectives: the official code's numbers, exact identities, analytic teacher."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -175,3 +176,29 @@ def test_ld_seeks_the_mode_sds_the_mean():
     assert abs(theta["ld"] - mode) < 0.05, theta
     assert abs(theta["sds"] - mean) < abs(theta["ld"] - mean) - 0.3, theta
     assert mean < theta["sds"] < mode, theta
+
+
+class ObjectiveBoundaries(chex.TestCase):
+    """The objectives jitted and un-jitted alike (chex.variants), and a shape mismatch between
+    the teacher's two predictions or a gradient and its latents refused at the boundary."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_ld_and_sds_agree_jitted_and_not(self):
+        k = jax.random.split(jax.random.key(3), 3)
+        eu, ec, noise = (jax.random.normal(x, (2, 8, 8, 4)) for x in k)
+        abar = jnp.array([0.3, 0.7])
+        ld = self.variant(lambda a, b, c: ld_grad(a, b, alpha_bar=c, guidance_scale=7.5))
+        sds = self.variant(lambda a, b, n, c: sds_grad(a, b, noise=n, alpha_bar=c))
+        want = 7.5 * (ec - eu) * jnp.sqrt(abar)[:, None, None, None]
+        chex.assert_trees_all_close(ld(eu, ec, abar), want, rtol=1e-6)
+        chex.assert_tree_all_finite(sds(eu, ec, noise, abar))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_shape_mismatch_is_refused(self):
+        a, b = jnp.zeros((2, 8, 8, 4)), jnp.zeros((2, 8, 4, 8))
+        with self.assertRaises(AssertionError):
+            self.variant(lambda x, y: guidance_score(x, y, 7.5))(a, b)
+        with self.assertRaises(AssertionError):
+            self.variant(injected_loss)(a, b)
+        with self.assertRaises(AssertionError):
+            self.variant(mirror_loss)(a, a, b)

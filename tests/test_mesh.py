@@ -16,7 +16,7 @@ from jaxhead import mesh as M
 from jaxhead.errors import DataError
 from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 from jaxhead.models.panohead.demo import demo_generator
-from jaxhead.render import seed_ws
+from jaxhead.turntable import seed_ws
 from jaxhead.utils import mesh_io
 
 LEVEL = M.PANOHEAD_LEVEL

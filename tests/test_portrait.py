@@ -21,7 +21,7 @@ from jaxhead.models import lpips_vgg
 from jaxhead.training import reference
 from jaxhead.training.config import validate_config
 from jaxhead.training.models import missing_weights, needs_teacher
-from jaxhead.training.portrait import demo_lpips_vgg, spatial_loss
+from jaxhead.training.terms.portrait import demo_lpips_vgg, spatial_loss
 
 NUM_WS, W_DIM = 8, 512  # the demo generator's
 

@@ -9,7 +9,7 @@ joined, comments dropped) and from inline code spans that start with ``python -m
   must be one of its options and the values must parse (types, choices); a missing required
   argument is allowed (inline spans often name a command without its arguments);
 * the ml_collections command lines (``jaxhead.train``, ``jaxhead.evaluate``, ``jaxhead.compare``:
-  modules that call ``jaxhead.config_cli.parse_config``) take ``--config FILE`` and
+  modules that run ``jaxhead.config_cli.config_main``) take ``--config FILE`` and
   ``--config.a.b=value``: the file must exist (a file outside ``configs/``, e.g. the README's
   ``my_config.py`` example, is checked as ``configs/base.py``, which such a file extends, less
   ``objective_kw.*``, which its own registered objectives may add) and each dotted key must
@@ -209,7 +209,7 @@ def check_command(cmd: list[str]) -> list[str]:
         return []
     mod = importlib.import_module(module)
     source = Path(mod.__file__).read_text()
-    if "parse_config(" in source:
+    if "config_main(" in source or "parse_config(" in source:
         return _check_config_cli(module, args)
     return _check_argparse(module, mod, args)
 

@@ -13,6 +13,7 @@ from jaxhead import render
 from jaxhead.errors import run_cli
 from jaxhead.latents import save_ws
 from jaxhead.models.panohead.demo import demo_generator
+from jaxhead.turntable import seed_ws
 from jaxhead.utils import mesh_io
 
 
@@ -34,7 +35,7 @@ def demo_ws(tmp_path_factory):
     """The built-in demo generator's w of seed 0 (as ``--seeds 0`` renders it) in a file."""
     G, params = demo_generator(0)
     d = tmp_path_factory.mktemp("ws")
-    w = np.asarray(render.seed_ws(G, params, 0, psi=0.7, cutoff=14))
+    w = np.asarray(seed_ws(G, params, 0, psi=0.7, cutoff=14))
     return G, params, save_ws(d / "seed0000.npz", w), w
 
 

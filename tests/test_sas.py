@@ -18,7 +18,7 @@ from jaxhead.losses import sas
 from jaxhead.teacher import TeacherOutput
 from jaxhead.training import style_bank
 from jaxhead.training.config import validate_config
-from jaxhead.training.models import build_models
+from jaxhead.training.demo import build_models
 from jaxhead.training.views import StepContext
 
 SCHED = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,

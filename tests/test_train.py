@@ -36,23 +36,51 @@ def _digest(summary) -> dict[str, str]:
     return out
 
 
+def numerics_key() -> dict[str, str]:
+    """What XLA:CPU's float results depend on besides the program: the jaxlib version and the
+    CPU's widest vector instructions (AVX-512 and AVX2 machines sum in different orders)."""
+    import platform
+
+    flags = ""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        pass
+    isa = next((f for f in ("avx512f", "avx2", "neon", "asimd") if f" {f}" in flags),
+               platform.machine())
+    return {"jaxlib": jaxlib.__version__, "cpu": f"{platform.machine()}-{isa}"}
+
+
+def _reference_for(refs: list[dict], key: dict[str, str]) -> dict | None:
+    """The recorded reference of this machine's numerics: the entry of the same jaxlib and CPU,
+    else one of the same jaxlib recorded before the CPU was part of the key ("cpu": null)."""
+    same = [r for r in refs if r["recorded_with"]["jaxlib"] == key["jaxlib"]]
+    return (next((r for r in same if r["recorded_with"].get("cpu") == key["cpu"]), None)
+            or next((r for r in same if r["recorded_with"].get("cpu") is None), None))
+
+
 def _check_reference(name: str, summary, workdir) -> None:
-    """Compare the run's parameters and logged metrics with ``REFERENCE[name]`` (recorded once
-    with ``JAXHEAD_RECORD_REFERENCE=1``, before the trainer's refactor)."""
+    """Compare the run's parameters and logged metrics with this machine's recorded reference
+    (``REFERENCE``: a list of references, one per :func:`numerics_key`; recorded with
+    ``JAXHEAD_RECORD_REFERENCE=1``, which adds or replaces this machine's entry)."""
     metrics = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     keep = ("ld_single", "ld_grid", "tweedie", "lpips", "ldis", "grad_norm", "update_norm")
     got = {"params": _digest(summary),
            "metrics": [{k: m[k] for k in keep if k in m} for m in metrics]}
+    key = numerics_key()
+    refs = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else []
     if os.environ.get("JAXHEAD_RECORD_REFERENCE"):
-        ref = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}
-        ref[name] = got
-        ref["recorded_with"] = {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
-        REFERENCE.write_text(json.dumps(ref, indent=1, sort_keys=True) + "\n")
-        pytest.skip(f"recorded the {name!r} reference")
-    ref = json.loads(REFERENCE.read_text())
-    if ref["recorded_with"]["jaxlib"] != jaxlib.__version__:
-        pytest.skip(f"reference recorded with jaxlib {ref['recorded_with']['jaxlib']}, "
-                    f"running {jaxlib.__version__}: XLA's CPU numerics may differ")
+        mine = next((r for r in refs if r["recorded_with"] == key), None)
+        if mine is None:
+            refs.append(mine := {"recorded_with": key})
+        mine[name] = got
+        REFERENCE.write_text(json.dumps(refs, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"recorded the {name!r} reference for {key}")
+    ref = _reference_for(refs, key)
+    if ref is None or name not in ref:
+        pytest.skip(f"no {name!r} reference recorded for {key} (XLA's CPU numerics differ "
+                    "between jaxlib versions and vector ISAs): record one with "
+                    "JAXHEAD_RECORD_REFERENCE=1")
     want = ref[name]
     assert got["metrics"] == want["metrics"]
     diff = [k for k in want["params"] if got["params"].get(k) != want["params"][k]]
@@ -116,7 +144,7 @@ def test_stylized_generator_changes_only_trainable_non_bias_params(demo_run):
     assert any(k.startswith("params/superresolution/") for k in changed)
     assert any(k.startswith("params/backbone/synthesis/") for k in changed)
     # the frozen copy used by the run is untouched (equal to a freshly built demo generator)
-    from jaxhead.training.models import build_models
+    from jaxhead.training.demo import build_models
 
     _, fresh = build_models(c)
     fa = params_io.flatten(jax.device_get(fresh["generator"]))
@@ -348,18 +376,21 @@ def test_fields_added_after_a_run_resume_at_their_default(tmp_path):
     saved = json.loads(validate_config(c).to_json_best_effort())
     del saved["tweedie_weight"]  # as written by a version without the field
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    check_resume(tmp_path, validate_config(c))
+    defaults = train.base_defaults()
+    check_resume(tmp_path, validate_config(c), defaults)
+    with pytest.raises(UsageError, match="tweedie_weight"):  # without defaults: a change
+        check_resume(tmp_path, validate_config(c))
     c.tweedie_weight = 0.3  # the "new" field away from its default: a change
     with pytest.raises(UsageError, match="tweedie_weight"):
-        check_resume(tmp_path, validate_config(c))
+        check_resume(tmp_path, validate_config(c), defaults)
     c.tweedie_weight = 0.1
     c.ldis_weight = 0.5  # a field the saved run has: refused as before
     with pytest.raises(UsageError, match="ldis_weight"):
-        check_resume(tmp_path, validate_config(c))
+        check_resume(tmp_path, validate_config(c), defaults)
     c = demo.get_config()
     c.coordinator_address = "host0:1234"  # new and resumable anyway
     c.preview_identities = 1
-    check_resume(tmp_path, validate_config(c))
+    check_resume(tmp_path, validate_config(c), defaults)
     saved["demo_teacher"] = "random_sd"
     del saved["coordinator_address"]
     (tmp_path / "config.json").write_text(json.dumps(saved))

@@ -27,7 +27,8 @@ def _run(capsys, *argv):
     (["--config", "configs/demo.py", "--config.optimizer.b2=1.5"], 2, "b2"),
     (["--config", "configs/demo.py", "--config.truncation_cutoff=-5"], 2, "truncation_cutoff"),
     (["--config", "configs/demo.py", "--config.objective=nope"], 2, "objective='nope'"),
-    (["--bogus"], 2, "bogus"),
+    (["--config", "configs/demo.py", "--bogus"], 2, "bogus"),
+    (["--config.steps=1"], 2, "--config FILE is required"),
 ])
 def test_bad_flags_are_one_line(capsys, argv, code, needle):
     rc, err = _run(capsys, *argv)

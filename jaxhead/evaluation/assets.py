@@ -19,8 +19,10 @@ from jaxhead.camera import make_camera
 from jaxhead.errors import DataError, MissingWeightsError, UsageError
 from jaxhead.evaluation.cache import array_digest, content_key, directory_digest
 from jaxhead.generators import Generator3D, load_generator
+from jaxhead.models.panohead import RELEASED_CONVERT
 from jaxhead.utils.compile import jit
 from jaxhead.utils.npz_io import read_npz
+from jaxhead.utils.params_io import is_converted
 
 STYLES = ("pixar", "statue", "joker", "sketch", "werewolf", "zombie")
 METRICS = ("fid", "kid", "clip", "clip_score", "id", "depth", "diversity")
@@ -64,7 +66,7 @@ def parse_identity_seeds(spec: str) -> list[int] | None:
     """``"seeds:0-99"`` / ``"seeds:1,5,7-9"`` -> seeds; anything else (a directory) -> None."""
     if not spec.startswith("seeds:"):
         return None
-    from jaxhead.render import parse_seeds
+    from jaxhead.latents import parse_seeds
 
     try:
         return parse_seeds(spec[len("seeds:"):])
@@ -83,6 +85,9 @@ def validate(config) -> ml_collections.FrozenConfigDict:
     errs = []
     try:
         gens = parse_generators(config.generators)
+        for name, spec in gens.items():
+            if _is_demo(spec):
+                demo_scale(spec, name)
         if config.reference not in gens:
             errs.append(f"reference={config.reference!r} is not one of the generators "
                         f"{list(gens)}")
@@ -105,8 +110,9 @@ def validate(config) -> ml_collections.FrozenConfigDict:
                     f"{len(v.pitch)}")
     if not v.edit or any(not 0 <= i < len(v.yaw) for i in v.edit):
         errs.append(f"views.edit={tuple(v.edit)}: indices of views (0..{len(v.yaw) - 1})")
-    if not all(math.isfinite(x) for x in (*v.yaw, *v.pitch)):
-        errs.append("views: yaw / pitch not finite")
+    if not all(_finite_number(x) for x in (*v.yaw, *v.pitch)):
+        errs.append(f"views.yaw={tuple(v.yaw)} / views.pitch={tuple(v.pitch)}: every angle "
+                    "must be a finite number (radians)")
     if v.background not in ("white", "none", "network"):
         errs.append(f"views.background={v.background!r} (white, none, network)")
     if v.noise_mode not in ("const", "none"):
@@ -118,7 +124,7 @@ def validate(config) -> ml_collections.FrozenConfigDict:
         errs.append(f"edit.strength={e.strength} of edit.steps={e.steps} runs no step")
     if e.steps < 1:
         errs.append(f"edit.steps={e.steps} (>= 1)")
-    if e.eta < 0 or not math.isfinite(e.guidance_scale):
+    if not (_finite_number(e.eta) and e.eta >= 0 and _finite_number(e.guidance_scale)):
         errs.append("edit.eta must be >= 0 and edit.guidance_scale finite")
     if e.dtype not in ("float32", "bfloat16"):
         errs.append(f"edit.dtype={e.dtype!r} (float32, bfloat16)")
@@ -130,6 +136,8 @@ def validate(config) -> ml_collections.FrozenConfigDict:
     if config.sheet_identities < 0:
         errs.append(f"sheet_identities={config.sheet_identities} (>= 0)")
     if errs:
+        if len(errs) == 1:  # one problem: one line
+            raise UsageError(f"invalid evaluation config: {errs[0]}")
         raise UsageError("invalid evaluation config:\n  - " + "\n  - ".join(errs))
     return ml_collections.FrozenConfigDict(config)
 
@@ -147,26 +155,21 @@ def networks_needed(config) -> list[str]:
     return out
 
 
-def _converted(p: Path) -> bool:
-    return (p / "params.safetensors").is_file() and (p / "config.json").is_file()
-
-
 def missing_weights(config) -> list[str]:
     """Every missing converted model the config needs, each with the command that makes it."""
     from jaxhead.sampling import missing_sd
 
     out = []
     for name, path in parse_generators(config.generators).items():
-        if not _is_demo(path) and not _converted(Path(path)):
+        if not _is_demo(path) and not is_converted(Path(path)):
             out.append(f"generator {name!r}: {path}/{{params.safetensors,config.json}}\n    "
-                       f"python -m convert_weights.panohead "
-                       f"easy-khair-180-gpc0.8-trans10-025000.pkl {path} (the frozen PanoHead) "
-                       "or the trainer's <workdir>/generator")
+                       + RELEASED_CONVERT.replace("DST", str(path))
+                       + " (the frozen PanoHead) or the trainer's <workdir>/generator")
     if needs_edits(config) and config.sd != "demo":
         out += missing_sd(config.sd)
     for net in networks_needed(config):
         p = config.models[net]
-        if p != "demo" and not _converted(Path(p)):
+        if p != "demo" and not is_converted(Path(p)):
             out.append(f"{net} (for {', '.join(m for m in config.metrics if net in NETWORKS[m])})"
                        f": {p}\n    " + CONVERT[net].format(p=p)
                        + ("\n    (the tokenizer/ folder too: the converter copies it)"
@@ -186,6 +189,26 @@ def _is_demo(spec: str) -> bool:
     return spec == "demo" or spec.startswith("demo:")
 
 
+def _finite_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def demo_scale(spec: str, name: str = "") -> float:
+    """The perturbation ``S`` of ``demo:S`` (0 for ``demo``): a finite number >= 0, else
+    :class:`UsageError` naming the generator."""
+    if ":" not in spec:
+        return 0.0
+    text = spec.split(":", 1)[1]
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not (math.isfinite(scale) and scale >= 0):
+        raise UsageError(f"generators: {name or 'a generator'}={spec!r}: demo:S takes a finite "
+                         f"number S >= 0 (the perturbation), got {text!r}")
+    return scale
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedGenerator:
     G: Generator3D
@@ -203,7 +226,7 @@ def load_generator_spec(spec: str) -> LoadedGenerator:
     from jaxhead.models.panohead.demo import demo_generator
 
     G, params = demo_generator(0)
-    scale = float(spec.split(":", 1)[1]) if ":" in spec else 0.0
+    scale = demo_scale(spec)
     if scale:
         rng = np.random.default_rng(1234)
 
@@ -233,7 +256,7 @@ class Identity:
 
 def load_identities(config, ref: LoadedGenerator) -> list[Identity]:
     """Inverted ``*.npz`` (sorted by name) or mapped seeds; shapes checked against ``ref``."""
-    from jaxhead.render import seed_to_z
+    from jaxhead.latents import seed_to_z
 
     G = ref.G
     probe = jax.eval_shape(lambda p, z, c: G.mapping(p, z, c), ref.params,

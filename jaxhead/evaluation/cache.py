@@ -4,12 +4,14 @@ An entry's key is the SHA-256 of a JSON description of *all* its inputs (model c
 identity bytes, cameras, settings), so a changed input is a new entry and an unchanged one is
 never recomputed: adding a generator to a report reuses the others' renders and the edits, and
 an interrupted evaluation resumes. Entries are written through a temporary file and a rename,
-so a killed run leaves no half-written entry.
+so a killed run leaves no half-written entry. Each entry also holds the description its key
+was made from (``__inputs__``); an entry whose description differs, that lacks an array it
+should hold, or that cannot be read (a damaged zip) is treated as absent and recomputed.
 
     cache = Cache(workdir / "cache")
-    key = content_key({"kind": "render", "generator": g_hash, "w": array_digest(w), ...})
-    arrays = cache.get("renders", key)            # None when absent
-    cache.put("renders", key, {"image": ..., "depth": ...}, meta)
+    inputs = {"kind": "render", "generator": g_hash, "w": array_digest(w), ...}
+    arrays = cache.get("renders", inputs, ("image", "depth"))   # None when absent or damaged
+    cache.put("renders", inputs, {"image": ..., "depth": ...}, meta)
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ import hashlib
 import json
 import os
 import zipfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jaxhead.errors import DataError
+from jaxhead.utils.npz_io import npz_headers, read_npz
 
 
 def array_digest(a: Any) -> str:
@@ -32,9 +39,19 @@ def array_digest(a: Any) -> str:
     return h.hexdigest()
 
 
+INPUTS = "__inputs__"  # the array of an entry holding its key's description
+# what reading a damaged .npz raises (a cut or altered zip directory, member or CRC)
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, NotImplementedError, RuntimeError,
+               zipfile.BadZipFile, zlib.error, UnicodeDecodeError)
+
+
+def _canonical(inputs: dict[str, Any]) -> str:
+    return json.dumps(inputs, sort_keys=True, default=repr)
+
+
 def content_key(inputs: dict[str, Any]) -> str:
     """Stable key of a JSON-able description (sorted keys; floats as repr)."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=repr).encode()).hexdigest()
+    return hashlib.sha256(_canonical(inputs).encode()).hexdigest()
 
 
 def directory_digest(directory: str | os.PathLike) -> str:
@@ -58,8 +75,8 @@ def directory_digest(directory: str | os.PathLike) -> str:
 
 
 class Cache:
-    """``root/<kind>/<key[:2]>/<key>.npz`` (arrays) with ``<key>.json`` (what it was made
-    from, for people)."""
+    """``root/<kind>/<key[:2]>/<key>.npz`` (arrays and the key's description) with
+    ``<key>.json`` (what it was made from, for people)."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -67,28 +84,39 @@ class Cache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.npz"
 
-    def get(self, kind: str, key: str) -> dict[str, np.ndarray] | None:
-        """The stored arrays, or None if absent or unreadable (then it is recomputed)."""
-        p = self.path(kind, key)
+    def get(self, kind: str, inputs: dict[str, Any], names: Sequence[str]
+            ) -> dict[str, np.ndarray] | None:
+        """The arrays ``names`` stored for ``inputs``, or None when the entry is absent,
+        unreadable, made from another description or missing one of them (then the caller
+        recomputes it and :meth:`put` replaces the entry)."""
+        p = self.path(kind, content_key(inputs))
         if not p.is_file():
             return None
-        try:
-            with np.load(p) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        try:  # headers checked before anything is read (jaxhead.utils.npz_io)
+            if not {INPUTS, *names} <= set(npz_headers(p)):
+                return None
+            if str(read_npz(p, [INPUTS])[INPUTS]) != _canonical(inputs):
+                return None
+            return read_npz(p, list(names))
+        except (DataError, *_UNREADABLE):
             return None
 
-    def put(self, kind: str, key: str, arrays: dict[str, np.ndarray],
+    def put(self, kind: str, inputs: dict[str, Any], arrays: dict[str, np.ndarray],
             meta: dict[str, Any] | None = None) -> Path:
-        p = self.path(kind, key)
+        """Store ``arrays`` under the key of ``inputs`` (atomically, replacing any entry)."""
+        from jaxhead.utils.params_io import write_text_atomic
+
+        if INPUTS in arrays:
+            raise ValueError(f"{INPUTS!r} is reserved for the entry's description")
+        p = self.path(kind, content_key(inputs))
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.stem}.tmp.npz")
         try:
-            np.savez(tmp, **arrays)
+            np.savez(tmp, **arrays, **{INPUTS: np.array(_canonical(inputs))})
             os.replace(tmp, p)
         finally:
             tmp.unlink(missing_ok=True)
         if meta is not None:
-            p.with_suffix(".json").write_text(json.dumps(meta, indent=1, sort_keys=True,
-                                                         default=repr))
+            write_text_atomic(p.with_suffix(".json"),
+                              json.dumps(meta, indent=1, sort_keys=True, default=repr))
         return p

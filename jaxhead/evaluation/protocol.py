@@ -23,12 +23,13 @@ from tqdm import tqdm
 from jaxhead import sampling
 from jaxhead.camera import make_camera
 from jaxhead.evaluation.assets import Identity, LoadedGenerator
-from jaxhead.evaluation.cache import Cache, array_digest, content_key
+from jaxhead.evaluation.cache import Cache, array_digest
 from jaxhead.mesh import representation_fn
 from jaxhead.metrics.clip import image_embeds
 from jaxhead.metrics.identity import face_embeddings
-from jaxhead.render import make_renderer, to_uint8
+from jaxhead.turntable import make_renderer
 from jaxhead.utils.compile import jit
+from jaxhead.utils.image_io import to_uint8
 
 RENDER_VERSION = 1  # bump when the render path changes what it produces
 EDIT_VERSION = 1
@@ -40,11 +41,15 @@ def view_cameras(config, radius: float) -> jax.Array:
                        jnp.asarray(config.views.pitch, jnp.float32), radius=radius)
 
 
-def render_key(gen: LoadedGenerator, ident: Identity, config) -> str:
+RENDER_ARRAYS = ("image", "depth", "acc")
+
+
+def render_inputs(gen: LoadedGenerator, ident: Identity, config) -> dict[str, Any]:
+    """What one identity's renders are made from (their cache key's description)."""
     v = config.views
-    return content_key({"kind": "render", "v": RENDER_VERSION, "generator": gen.digest,
-                        "w": ident.digest, "yaw": list(v.yaw), "pitch": list(v.pitch),
-                        "background": v.background, "noise_mode": v.noise_mode})
+    return {"kind": "render", "v": RENDER_VERSION, "generator": gen.digest,
+            "w": ident.digest, "yaw": list(v.yaw), "pitch": list(v.pitch),
+            "background": v.background, "noise_mode": v.noise_mode}
 
 
 @functools.cache
@@ -61,10 +66,10 @@ def render_set(gen: LoadedGenerator, identities: Sequence[Identity], config, cac
     G, v = gen.G, config.views
     cams = view_cameras(config, G.camera_radius)
     nv, b = cams.shape[0], min(v.batch, cams.shape[0])
-    out: dict[str, list[np.ndarray]] = {"image": [], "depth": [], "acc": []}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in RENDER_ARRAYS}
     for ident in identities:
-        key = render_key(gen, ident, config)
-        got = cache.get("renders", key)
+        key = render_inputs(gen, ident, config)
+        got = cache.get("renders", key, RENDER_ARRAYS)
         if got is None:
             rep_fn, render = _render_fns(G, v.noise_mode, v.background)
             ws = jnp.asarray(ident.w)
@@ -91,13 +96,14 @@ def render_set(gen: LoadedGenerator, identities: Sequence[Identity], config, cac
     return {k: np.stack(a) for k, a in out.items()}
 
 
-def edit_key(sd_digest: str, image: np.ndarray, prompt: str, config) -> str:
+def edit_inputs(sd_digest: str, image: np.ndarray, prompt: str, config) -> dict[str, Any]:
+    """What one SD edit is made from (its cache key's description)."""
     e = config.edit
-    return content_key({"kind": "edit", "v": EDIT_VERSION, "sd": sd_digest,
-                        "image": array_digest(image), "prompt": prompt,
-                        "negative_prompt": config.negative_prompt, "strength": e.strength,
-                        "steps": e.steps, "guidance": e.guidance_scale, "eta": e.eta,
-                        "seed": e.seed, "dtype": e.dtype})
+    return {"kind": "edit", "v": EDIT_VERSION, "sd": sd_digest,
+            "image": array_digest(image), "prompt": prompt,
+            "negative_prompt": config.negative_prompt, "strength": e.strength,
+            "steps": e.steps, "guidance": e.guidance_scale, "eta": e.eta,
+            "seed": e.seed, "dtype": e.dtype}
 
 
 def edit_seed_key(seed: int, image_digest: str) -> jax.Array:
@@ -113,10 +119,10 @@ def edit_set(sd: sampling.StableDiffusion, sd_params: Any, sd_digest: str,
     e = config.edit
     n, ne = renders.shape[:2]
     flat = renders.reshape((n * ne,) + renders.shape[2:])
-    keys = [edit_key(sd_digest, img, prompt, config) for img in flat]
+    keys = [edit_inputs(sd_digest, img, prompt, config) for img in flat]
     out: list[np.ndarray | None] = []
     for k in keys:
-        got = cache.get("edits", k)
+        got = cache.get("edits", k, ("image",))
         out.append(None if got is None else got["image"])
     todo = [i for i, o in enumerate(out) if o is None]
     if todo:

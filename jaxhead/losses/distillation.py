@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -31,11 +32,13 @@ def _bcast(a: Array | float, like: Array) -> Array:
 
 def cfg_eps(eps_uncond: Array, eps_cond: Array, guidance_scale: float | Array) -> Array:
     """Classifier-free guided noise prediction ``eps_u + s (eps_c - eps_u)``."""
+    chex.assert_equal_shape([eps_uncond, eps_cond])
     return eps_uncond + _bcast(guidance_scale, eps_cond) * (eps_cond - eps_uncond)
 
 
 def guidance_score(eps_uncond: Array, eps_cond: Array, guidance_scale: float | Array) -> Array:
     """The official code's "score": ``s (eps_c - eps_u)`` (the guidance term alone)."""
+    chex.assert_equal_shape([eps_uncond, eps_cond])
     return _bcast(guidance_scale, eps_cond) * (eps_cond - eps_uncond)
 
 
@@ -245,6 +248,7 @@ def postprocess_grad(grad: Array, mask: Array | None = None, *, div: float = 100
 def injected_loss(latents: Array, grad: Array) -> Array:
     """``sum(stop_gradient(grad) * latents)``: its gradient w.r.t. ``latents`` is ``grad``
     exactly (the "SpecifyGradient" trick). Returns a scalar."""
+    chex.assert_equal_shape([latents, grad])
     return jnp.sum(jax.lax.stop_gradient(grad) * latents)
 
 
@@ -252,5 +256,7 @@ def mirror_loss(latents: Array, latents_mirror: Array, grad: Array, *,
                 base_weight: float = 0.75, mirror_weight: float = 0.25) -> Array:
     """Mirror gradients (Eq. 14): ``grad`` drives the render of pose pi, its width-flip drives
     the render of the yaw-mirrored pose pi'. latents ``[B, h, w, C]`` NHWC."""
+    chex.assert_rank([latents, latents_mirror, grad], 4)
+    chex.assert_equal_shape([latents, latents_mirror, grad])
     return (base_weight * injected_loss(latents, grad)
             + mirror_weight * injected_loss(latents_mirror, jnp.flip(grad, axis=2)))

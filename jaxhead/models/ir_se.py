@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jaxhead.models.iresnet import FINAL_SIZE, batch_norm, bn_shapes, conv, flatten_fc, prelu
 
 if TYPE_CHECKING:
-    from jaxhead.models.arcface import ArcFaceConfig
+    from jaxhead.models.arcface_config import ArcFaceConfig
 
 Array = jax.Array
 Params = dict[str, Any]

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 if TYPE_CHECKING:  # the config lives in jaxhead.models.arcface, which imports this module
-    from jaxhead.models.arcface import ArcFaceConfig
+    from jaxhead.models.arcface_config import ArcFaceConfig
 
 Array = jax.Array
 Params = dict[str, Any]

@@ -125,8 +125,7 @@ def validate_config(config) -> ml_collections.FrozenConfigDict:
         if not config.terms[name].weight >= 0:
             errs.append(f"terms.{name}.weight must be >= 0, got {config.terms[name].weight}")
     for term in enabled_terms(config):
-        if hasattr(term, "validate"):
-            errs += term.validate(config)
+        errs += term.validate(config)
     if config.get("reference") and not config.terms.portrait.weight > 0:
         errs.append(f"reference={config.reference!r} is set but terms.portrait.weight=0 (the "
                     "single-portrait mode: configs/portrait.py)")

@@ -56,11 +56,6 @@ class MetricWriter:
             self._tb.close()
 
 
-def to_uint8(img: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
-    x = (np.asarray(img, np.float32) - lo) / (hi - lo)
-    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
-
-
 def save_png(path: str | os.PathLike, img: np.ndarray) -> None:
     from PIL import Image
 

@@ -1,8 +1,8 @@
 """Everything the train step needs that is not trained: modules (static) and frozen params.
 
 ``load_models(config)`` reads converted real weights (and lists every missing file with the
-command that makes it, before anything is loaded); ``build_models`` picks them or the demo
-stand-ins of :mod:`jaxhead.training.demo`.
+command that makes it, before anything is loaded); :func:`jaxhead.training.demo.build_models`
+picks them or the demo stand-ins.
 """
 
 from __future__ import annotations
@@ -16,15 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxhead.diffusion import NoiseSchedule
-from jaxhead.errors import MissingWeightsError, UsageError
+from jaxhead.errors import MissingWeightsError
 from jaxhead.generators import Generator3D, load_generator
 from jaxhead.models import clip_text
 from jaxhead.models import vae as vae_lib
+from jaxhead.models.panohead import RELEASED_CONVERT
 from jaxhead.models.vae import AutoencoderKL
 from jaxhead.teacher import Teacher, load_teacher
 from jaxhead.training.controls import CONTROLS
+from jaxhead.training.terms import enabled_terms
 from jaxhead.training.views import VIEWS
-from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE
+from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE, is_converted
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -76,16 +78,12 @@ def needs_teacher(config) -> bool:
     single-portrait mode): then no SD weights (teacher, VAE, text encoder) are read."""
     from jaxhead.training.views import enabled_views
 
-    return bool(enabled_views(config)) or bool(enabled_terms_with("rows", config))
+    return bool(enabled_views(config)) or any(t.asks_teacher() for t in enabled_terms(config))
 
 
 def uses_lpips(config) -> bool:
     """The LPIPS term exists only on the single-view path."""
     return config.lpips_weight > 0 and config.single.enabled
-
-
-def _converted(path: Path) -> bool:
-    return (path / PARAMS_FILE).is_file() and (path / CONFIG_FILE).is_file()
 
 
 SD_CONVERT = ("python -m convert_weights.diffusers Realistic_Vision_V5.1_noVAE {sd} "
@@ -98,13 +96,12 @@ def missing_weights(config) -> list[str]:
     m = config.models
     out = []
     g = Path(m.generator)
-    if not _converted(g):
-        out.append(f"PanoHead generator: {g}/{{{PARAMS_FILE},{CONFIG_FILE}}}\n"
-                   f"    python -m convert_weights.panohead "
-                   f"easy-khair-180-gpc0.8-trans10-025000.pkl {g}")
+    if not is_converted(g):
+        out.append(f"PanoHead generator: {g}/{{{PARAMS_FILE},{CONFIG_FILE}}}\n    "
+                   + RELEASED_CONVERT.replace("DST", str(g)))
     sd = Path(m.sd)
     parts = ["unet", "vae", "text_encoder"] + [f"controlnet_{n}" for n in controlnet_names(config)]
-    miss = [p for p in parts if not _converted(sd / p)]
+    miss = [p for p in parts if not is_converted(sd / p)]
     if not (sd / "tokenizer").is_dir():
         miss.append("tokenizer")
     if not (sd / "scheduler" / "scheduler_config.json").is_file():
@@ -112,16 +109,16 @@ def missing_weights(config) -> list[str]:
     if miss and needs_teacher(config):
         out.append(f"Stable Diffusion teacher in {sd}: missing {', '.join(miss)}\n    "
                    + SD_CONVERT.format(sd=sd))
-    if uses_depth_model(config) and not _converted(Path(m.depth_anything)):
+    if uses_depth_model(config) and not is_converted(Path(m.depth_anything)):
         users = [f"{v}.control=depth_anything" for v in VIEWS if config[v].enabled
                  and CONTROLS[config[v].get("control", "none")].depth_model]
         out.append(f"Depth Anything V2 for {', '.join(users)}: {m.depth_anything}\n    "
                    f"python -m convert_weights.depth_anything depth_anything_v2_vitb.pth "
                    f"{m.depth_anything}\n    (or choose the renderer's depth explicitly: "
                    + " ".join(f"--config.{u.split('=')[0]}=renderer_depth" for u in users) + ")")
-    for term in enabled_terms_with("missing", config):
+    for term in enabled_terms(config):
         out += term.missing(config)
-    if uses_lpips(config) and not _converted(Path(m.lpips)):
+    if uses_lpips(config) and not is_converted(Path(m.lpips)):
         from jaxhead.models.lpips import CONVERT_HINT
 
         out.append(f"LPIPS(alex) for lpips_weight={config.lpips_weight}: {m.lpips}\n    "
@@ -130,17 +127,11 @@ def missing_weights(config) -> list[str]:
     return out
 
 
-def enabled_terms_with(hook: str, config) -> list[Any]:
-    """The enabled terms (:mod:`jaxhead.training.terms`) that have the method ``hook``."""
-    from jaxhead.training.terms import enabled_terms
-
-    return [t for t in enabled_terms(config) if hasattr(t, hook)]
-
-
 def term_params(config, demo: bool) -> dict[str, Any]:
     """``frozen["terms"]``: the frozen networks of the enabled terms that load any (CLIP,
     ArcFace), random small ones on the demo models."""
-    return {t.name: t.load(config, demo) for t in enabled_terms_with("load", config)}
+    loaded = {t.name: t.load(config, demo) for t in enabled_terms(config)}
+    return {name: p for name, p in loaded.items() if p is not None}
 
 
 def text_embeddings(tokenizer, module, params, config) -> dict[str, jax.Array]:
@@ -195,25 +186,10 @@ def load_models(config) -> tuple[Models, dict[str, Any]]:
     return models, frozen
 
 
-def build_models(config) -> tuple[Models, dict[str, Any]]:
-    """Demo stand-ins when ``models.generator`` and ``models.sd`` are ``"demo"``, else
-    :func:`load_models`."""
-    if config.models.generator == "demo" or config.models.sd == "demo":
-        if not (config.models.generator == "demo" and config.models.sd == "demo"):
-            raise UsageError("models.generator and models.sd must both be 'demo' (or both "
-                             "real paths)")
-        from jaxhead.training.demo import demo_models
-
-        return demo_models(config)
-    return load_models(config)
-
-
 def describe(models: Models, config) -> str:
     G, t = models.G, models.teacher
     if t is None:
-        from jaxhead.training.terms import enabled_terms
-
-        return (f"{type(G).__name__} generator ({G.image_size} px"
+            return (f"{type(G).__name__} generator ({G.image_size} px"
                 + (", random weights" if models.demo else "") + "); no teacher (objective "
                 "none); terms " + ", ".join(t.name for t in enabled_terms(config)))
     unet = getattr(t, "unet", None)

@@ -180,7 +180,7 @@ def loss_and_aux(trainable: Params, state: TrainState, frozen: Params, keys: Map
         for v, r, lat, row in zip(views, renders, latents, rows, strict=True)})
     active = [t for t in enabled_terms(c) if term_names is None or t.name in term_names]
     # terms that ask the teacher too (StyleGAN-Fusion's regularizers) join the one call
-    term_rows = {t.name: t.rows(ctx) for t in active if hasattr(t, "rows")}
+    term_rows = {t.name: t.rows(ctx) for t in active}
     term_rows = {k: r for k, r in term_rows.items() if r is not None}
     outs = _teacher(ctx, rows + list(term_rows.values())) if rows or term_rows else []
     outs, term_outs = outs[:len(rows)], dict(zip(term_rows, outs[len(rows):], strict=True))
@@ -221,7 +221,7 @@ def backward_parts(config) -> list[tuple[tuple[int, ...], tuple[str, ...]]]:
     terms = enabled_terms(config)
 
     def home(t) -> int:
-        if getattr(t, "needs_single", False) and "single" in names:
+        if t.needs_single and "single" in names:
             return names.index("single")
         return len(names) - 1
 

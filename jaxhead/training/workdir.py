@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jaxhead.errors import UsageError
+from jaxhead.errors import DataError, UsageError
 
 # Fields that may differ between a run and its resumption: they do not change the trajectory
 # (logging cadence, length, placement, memory strategy, this list itself).
@@ -37,17 +37,12 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> dict[str, tupl
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def _base_defaults() -> dict[str, Any]:
-    """Every field of ``configs/base.py`` with its default (JSON values), flattened."""
-    from configs import base
-
-    return _flat(json.loads(base.get_config().to_json_best_effort()))
-
-
-def check_resume(workdir: Path, config) -> None:
+def check_resume(workdir: Path, config, defaults: dict[str, Any] | None = None) -> None:
     """Refuse, before anything is written, to continue the run in ``workdir`` with a config
     that changes its trajectory (prompt, objective, optimizer, models, batch, ...). Fields in
-    :data:`RESUMABLE_CHANGES` and those named in ``config.resume_changed`` may change."""
+    :data:`RESUMABLE_CHANGES` and those named in ``config.resume_changed`` may change; a field
+    the saved run lacks (added to jaxhead since) may hold its value in ``defaults`` (the base
+    config as a JSON dict, e.g. ``configs/base.py``'s)."""
     path = workdir / "config.json"
     if not path.is_file():
         return
@@ -58,7 +53,7 @@ def check_resume(workdir: Path, config) -> None:
                          "in this workdir") from None
     new = json.loads(config.to_json_best_effort())
     allowed = set(RESUMABLE_CHANGES) | set(config.resume_changed)
-    saved_keys, defaults = set(_flat(saved)), _base_defaults()
+    saved_keys, defaults = set(_flat(saved)), _flat(defaults or {})
     refused = {k: v for k, v in config_changes(saved, new).items()
                if not any(k == f or k.startswith(f + ".") for f in allowed)
                # a field added to jaxhead after the run was saved, left at its default
@@ -73,12 +68,31 @@ def check_resume(workdir: Path, config) -> None:
 
 def truncate_metrics(workdir: Path, step: int) -> int:
     """Drop ``metrics.jsonl`` rows logged after ``step`` (the restored checkpoint): a resumed
-    run logs those steps again. Returns the number of rows dropped."""
+    run logs those steps again. A torn last line (a crash mid-write) is dropped as well; any
+    other unreadable row is a :class:`DataError` naming the file and line. Returns the number
+    of rows dropped (torn line included)."""
     path = workdir / "metrics.jsonl"
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines()
-    keep = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    lines = path.read_text(errors="replace").splitlines()
+    keep = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+            s = row.get("step", 0)
+            if not isinstance(s, int):
+                raise ValueError(f"step {s!r} is not an integer")
+        except ValueError as e:  # JSONDecodeError is a ValueError
+            if i == len(lines) - 1:  # torn by a crash mid-write: that step is logged again
+                break
+            raise DataError(f"{str(path)!r} line {i + 1} is not a metrics row ({e}); move the "
+                            "file away to resume without it") from None
+        if s <= step:
+            keep.append(line)
     if len(keep) != len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(x + "\n" for x in keep))

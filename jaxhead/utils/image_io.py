@@ -1,4 +1,5 @@
-"""Reading image files from strangers: the size is checked from the header before decoding.
+"""Image files in and out: reading files from strangers (the size is checked from the header
+before decoding), generator images to uint8, atomic writes.
 
 A 2.6 MB PNG can declare 30000 x 30000 pixels (2.7 GB decoded) and a 74-byte PNG can hold a
 header and no pixels. :func:`read_rgb` checks the declared size against :data:`MAX_PIXELS`
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+
+import numpy as np
 
 from jaxhead.errors import DataError
 
@@ -47,9 +50,10 @@ def image_size(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> tupl
 
 
 def read_rgb(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
-    """The image at ``path`` decoded as an RGB ``PIL.Image.Image``, its size checked first
-    (:func:`image_size`); a truncated or corrupt file is a :class:`DataError` naming it."""
-    from PIL import Image
+    """The image at ``path`` decoded as an RGB ``PIL.Image.Image`` (its EXIF orientation
+    applied), its size checked first (:func:`image_size`); a truncated or corrupt file is a
+    :class:`DataError` naming it."""
+    from PIL import Image, ImageOps
 
     image_size(path, max_pixels=max_pixels)
     where = os.fspath(path)
@@ -58,10 +62,35 @@ def read_rgb(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
-                return im.convert("RGB")
+                # a phone photo's orientation tag applied; grayscale, RGBA, CMYK, 16-bit -> RGB
+                return ImageOps.exif_transpose(im).convert("RGB")
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as e:
         raise DataError(f"{where!r} is not a readable image ({e})") from None
 
 
-__all__ = ["MAX_PIXELS", "image_size", "read_rgb"]
+def to_uint8(img: np.ndarray, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
+    """Image values in ``[lo, hi]`` (generator images: [-1, 1]) -> uint8, rounding half up as
+    the official PanoHead / EG3D scripts save images (``(x * 127.5 + 128).clamp(0, 255)``
+    truncated to uint8)."""
+    x = (np.asarray(img, np.float32) - lo) * (255.0 / (hi - lo))
+    return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+
+
+def write_image(path: Path, data: np.ndarray, **kwargs) -> Path:
+    """``imageio.v3.imwrite`` through a temporary file and a rename: a failed write (disk
+    full, ...) keeps an earlier file of that name and removes the temporary one."""
+    import imageio.v3 as iio
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # ffmpeg picks the format by suffix
+    try:
+        iio.imwrite(tmp, data, extension=path.suffix, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+
+__all__ = ["MAX_PIXELS", "image_size", "read_rgb", "to_uint8", "write_image"]

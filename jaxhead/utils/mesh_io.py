@@ -8,13 +8,13 @@ rename, so a failed write keeps an earlier file of that name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 
 from jaxhead.errors import DataError
-from jaxhead.mesh import Mesh
 
 _FACE = np.dtype([("n", "u1"), ("i", "<i4", (3,))])  # packed: 13 bytes per face
 
@@ -29,6 +29,16 @@ def _atomic_write(path: Path, data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Mesh:
+    """A triangle mesh: ``vertices [V, 3]`` float32, ``faces [F, 3]`` int32 (counter-clockwise
+    seen from outside), optional ``colors [V, 3]`` uint8."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray | None = None
 
 
 def _check(mesh: Mesh) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -180,6 +180,13 @@ def _link_backup(src: Path, dst: Path) -> bool:
     return True
 
 
+def is_converted(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a converted model (``params.safetensors`` + ``config.json``,
+    as :func:`save_params` writes them); the one test every loader's "missing" list uses."""
+    d = Path(directory)
+    return (d / PARAMS_FILE).is_file() and (d / CONFIG_FILE).is_file()
+
+
 def load_params(directory: str | os.PathLike, *, what: str = "model", convert_hint: str = "",
                 verify: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read ``(params, config)`` written by :func:`save_params` (``config`` without the hash).

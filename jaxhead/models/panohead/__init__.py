@@ -23,6 +23,8 @@ __all__ = ["PanoHead", "PanoHeadConfig", "TriPlaneGenerator", "load_panohead", "
 
 FORMAT = "jaxhead.panohead/1"
 CONVERT_HINT = "python -m convert_weights.panohead SRC.pkl DST"
+# the command for the released checkpoint (DST: where the loader looks)
+RELEASED_CONVERT = "python -m convert_weights.panohead easy-khair-180-gpc0.8-trans10-025000.pkl DST"
 
 Params = dict[str, Any]
 
@@ -236,11 +238,3 @@ def load_panohead(directory: str | os.PathLike, *, verify: bool = True
     params_io.check_tree(flat_params, expected, what=f"PanoHead parameters in {where!r}")
     return G, jax.tree.map(jnp.asarray, flat_params)
 
-
-def _register() -> None:
-    from jaxhead.generators import register_generator
-
-    register_generator(FORMAT, load_panohead)
-
-
-_register()

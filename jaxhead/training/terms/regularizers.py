@@ -30,26 +30,15 @@ from jaxhead.metrics.clip import image_embeds
 from jaxhead.metrics.identity import face_embeddings  # (its landmarks are made at import)
 from jaxhead.models import vae as vae_lib
 from jaxhead.training.sampling import sample_cameras
-from jaxhead.training.terms import register_term
+from jaxhead.training.terms import Term, missing_dir
 
 Array = jax.Array
 sg = jax.lax.stop_gradient
 
 
 @dataclasses.dataclass(frozen=True)
-class _Stateless:
-    weight: float
-    config: Any
-
-    stateful = False
-    needs_single = False
+class _Stateless(Term):
     min_batch = 1
-
-    def init(self, models, frozen, root):  # pragma: no cover - never called (stateless)
-        return None
-
-    def state_sharding(self, batch_sharding, replicated):  # pragma: no cover
-        return None
 
     @classmethod
     def validate(cls, config) -> list[str]:
@@ -113,7 +102,7 @@ class Identity(_Stateless):
     def missing(config) -> list[str]:
         from jaxhead.models.arcface import CONVERT_HINT
 
-        return _missing_dir(config.models.arcface, "ArcFace for terms.identity", CONVERT_HINT,
+        return missing_dir(config.models.arcface, "ArcFace for terms.identity", CONVERT_HINT,
                             "models.arcface", "terms.identity.weight")
 
     @staticmethod
@@ -147,7 +136,7 @@ class Nada(_Stateless):
     def missing(config) -> list[str]:
         from jaxhead.models.clip import CONVERT_HINT
 
-        return _missing_dir(config.models.clip, "CLIP for terms.nada", CONVERT_HINT,
+        return missing_dir(config.models.clip, "CLIP for terms.nada", CONVERT_HINT,
                             "models.clip", "terms.nada.weight")
 
     @staticmethod
@@ -160,7 +149,7 @@ class Nada(_Stateless):
             from jaxhead.models import clip as clip_lib
             from jaxhead.models.clip_text import CLIPTextConfig
             from jaxhead.models.clip_vision import CLIPVisionConfig
-            from jaxhead.training.demo import DEMO_CLIP, DemoTokenizer
+            from jaxhead.training.demo_networks import DEMO_CLIP, DemoTokenizer
 
             cfg = clip_lib.CLIPConfig(
                 text=CLIPTextConfig(**DEMO_CLIP),
@@ -247,22 +236,6 @@ class SgfReconstruction(_SgfBase):
                                         self.alpha_bar(ctx, r.step_idx))
         return self.inject(ctx, g), None
 
-
-def _missing_dir(path: str, what: str, hint: str, field: str, weight: str) -> list[str]:
-    from pathlib import Path
-
-    from jaxhead.utils.params_io import CONFIG_FILE, PARAMS_FILE
-
-    p = Path(path)
-    if (p / PARAMS_FILE).is_file() and (p / CONFIG_FILE).is_file():
-        return []
-    return [f"{what}: {p}\n    {hint.replace('DST', str(p))}\n    (or point {field} at the "
-            f"converted folder, or set --config.{weight}=0)"]
-
-
-for _t in (RelativeDistance, DisplacementVariance, Nada, Identity, SgfDirectional,
-           SgfReconstruction):
-    register_term(_t.name, _t)
 
 __all__ = ["DisplacementVariance", "Identity", "Nada", "RelativeDistance", "SgfDirectional",
            "SgfReconstruction"]

@@ -46,7 +46,7 @@ from jaxhead.metrics.clip import image_embeds
 from jaxhead.models.lpips_vgg import area_downsample, lpips_vgg
 from jaxhead.training import reference
 from jaxhead.training.sampling import sample_cameras
-from jaxhead.training.terms import register_term
+from jaxhead.training.terms import Term, missing_dir
 from jaxhead.training.views import maybe_remat
 from jaxhead.utils.compile import jit
 
@@ -64,7 +64,7 @@ _KEY_SALT = 0x504F5254  # "PORT": this term's stream, folded out of the step's "
 def demo_lpips_vgg(seed: int) -> dict[str, Any]:
     """A small random LPIPS-VGG16 (``DEMO_VGG_WIDTHS``), drawn on the host (no compiles)."""
     from jaxhead.models.lpips_vgg import param_shapes
-    from jaxhead.training.demo import random_params
+    from jaxhead.training.demo_networks import random_params
 
     shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
                           param_shapes(DEMO_VGG_WIDTHS),
@@ -100,11 +100,8 @@ def guide_direction(clip_params: Any, ref_image: Array, frozen_render: Array) ->
 
 
 @dataclasses.dataclass(frozen=True)
-class Portrait:
+class Portrait(Term):
     """3DArtmator's style-directional difference + spatial alignment loss (module doc)."""
-
-    weight: float
-    config: Any
 
     name = "portrait"
     # the paper samples its views without giving a range: the trainer's single-view range
@@ -113,18 +110,10 @@ class Portrait:
                 "pitch_range": (-math.pi / 6, math.pi / 6),
                 "identities": "anchor", "eps": 1e-3, "render_output": "image",
                 "background": "network"}
-    stateful = False
-    needs_single = False
 
     @property
     def cfg(self) -> Any:
         return self.config.terms.portrait
-
-    def init(self, models, frozen, root):  # pragma: no cover - never called (stateless)
-        return None
-
-    def state_sharding(self, batch_sharding, replicated):  # pragma: no cover
-        return None
 
     # --- setup hooks ---------------------------------------------------------------------
 
@@ -164,11 +153,10 @@ class Portrait:
     def missing(config) -> list[str]:
         from jaxhead.models.clip import CONVERT_HINT as CLIP_HINT
         from jaxhead.models.lpips_vgg import CONVERT_HINT as VGG_HINT
-        from jaxhead.training.regularizer_terms import _missing_dir
 
-        return (_missing_dir(config.models.clip, "CLIP for terms.portrait", CLIP_HINT,
+        return (missing_dir(config.models.clip, "CLIP for terms.portrait", CLIP_HINT,
                              "models.clip", "terms.portrait.weight")
-                + _missing_dir(config.models.lpips_vgg, "LPIPS-VGG16 for terms.portrait "
+                + missing_dir(config.models.lpips_vgg, "LPIPS-VGG16 for terms.portrait "
                                "(inversion and spatial loss)", VGG_HINT, "models.lpips_vgg",
                                "terms.portrait.weight"))
 
@@ -180,7 +168,7 @@ class Portrait:
             from jaxhead.models import clip as clip_lib
             from jaxhead.models.clip_text import CLIPTextConfig
             from jaxhead.models.clip_vision import CLIPVisionConfig
-            from jaxhead.training.demo import DEMO_CLIP, random_params  # host-drawn
+            from jaxhead.training.demo_networks import DEMO_CLIP, random_params  # host-drawn
 
             cfg = clip_lib.CLIPConfig(
                 text=CLIPTextConfig(**DEMO_CLIP),
@@ -278,7 +266,5 @@ class Portrait:
             out["portrait_spatial"] = self.weight * p.spatial_weight * spatial
         return out, None
 
-
-register_term(Portrait.name, Portrait)
 
 __all__ = ["Portrait", "demo_lpips_vgg", "guide_direction", "spatial_loss"]
