@@ -30,6 +30,7 @@ from benchmarks import names_arg
 from jaxhead.camera import make_camera
 from jaxhead.models.panohead import PanoHead, PanoHeadConfig
 from jaxhead.models.panohead.demo import demo_config
+from jaxhead.ops.platform import target
 from jaxhead.utils.compile import CPU_CONV_CHOICES, compiler_options
 
 
@@ -67,7 +68,8 @@ def build(config: str, mode: str, batch: int, cpu_conv: str = "eigen") -> tuple:
 def measure(config: str, mode: str, batch: int, repeats: int, cpu_conv: str = "eigen") -> dict:
     fn, args = build(config, mode, batch, cpu_conv)
     t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
+    with target(jax.default_backend()):  # traced for this platform, as jaxhead's jit does
+        compiled = fn.lower(*args).compile()
     t_compile = time.perf_counter() - t0
     jax.block_until_ready(compiled(*args))
     times = []

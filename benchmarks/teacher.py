@@ -259,7 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.worker:
         spec = json.loads(a.worker)
-        res = {"jax": jax_worker, "torch": torch_worker, "pair": pair_worker}[spec["kind"]](spec)
+        import jax
+
+        from jaxhead.ops.platform import target
+
+        with target(jax.default_backend()):  # traced for this platform, as jaxhead's jit does
+            res = {"jax": jax_worker, "torch": torch_worker,
+                   "pair": pair_worker}[spec["kind"]](spec)
         print(json.dumps(res))
         return 0
     names = names_arg(ap, "--only", a.only, CONFIGS)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen import dtypes as flax_dtypes
 
+from jaxhead.ops import platform
 from jaxhead.ops.depend import tie_to
 
 Array = jax.Array
@@ -115,21 +116,41 @@ def attention(q: Array, k: Array, v: Array, *, bias: Array | None = None, impl: 
       impl: "dense" (materialise all logits), "chunked" (exact, blocks of ``chunk_size`` queries
         of one head at a time: memory-efficient, and on CPU the fastest for long sequences),
         "cudnn" (``jax.nn.dot_product_attention`` flash kernel,
-        GPU with fp16/bf16 only) or "auto" (chunked for large N*M, else dense).
+        GPU with fp16/bf16 only) or "auto": in programs lowered for CPU chunked for large
+        N*M, else dense; for GPU / TPU ``jax.nn.dot_product_attention`` with XLA's choice of
+        implementation (:func:`jaxhead.ops.platform.per_platform`).
     Returns:
       [B, N, H, D] in v's dtype.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; choose one of {ATTENTION_IMPLS}")
-    n, m = q.shape[1], k.shape[1]
+    n = q.shape[1]
     if impl == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
     if impl == "auto":
-        key_mask_only = bias is None or bias.shape[-2] == 1
-        impl = "chunked" if n * m >= _AUTO_CHUNK_MIN_LOGITS and key_mask_only else "dense"
+        return platform.per_platform(
+            q, k, v, bias, cpu=lambda *a: _cpu_attention(*a, chunk_size=chunk_size),
+            accelerator=_accelerator_attention)
     if impl == "chunked":
         return _chunked_attention(q, k, v, bias, min(chunk_size, n))
     return _dense_attention(q, k, v, bias)
+
+
+def _cpu_attention(q: Array, k: Array, v: Array, bias: Array | None, *,
+                   chunk_size: int) -> Array:
+    """"auto" on CPU: blocked attention for large N*M with a key mask, else dense."""
+    n, m = q.shape[1], k.shape[1]
+    key_mask_only = bias is None or bias.shape[-2] == 1
+    if n * m >= _AUTO_CHUNK_MIN_LOGITS and key_mask_only:
+        with jax.named_scope(platform.CPU_ATTENTION):
+            return _chunked_attention(q, k, v, bias, min(chunk_size, n))
+    return _dense_attention(q, k, v, bias)
+
+
+def _accelerator_attention(q: Array, k: Array, v: Array, bias: Array | None) -> Array:
+    """"auto" on GPU / TPU: ``jax.nn.dot_product_attention`` (XLA's; cuDNN where it picks)."""
+    with jax.named_scope(platform.ACCEL_ATTENTION):
+        return jax.nn.dot_product_attention(q, k, v, bias=bias)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,12 +179,17 @@ def promote_after_input(*args: Array | None, dtype: Dtype = None, inexact: bool 
     teacher's float32 copy was live at once (a bfloat16 SD UNet forward planned 3.2 GiB of
     temporaries, 2x its weights; 0.19 GiB now). ``tie_to`` makes each weight depend on the
     input, so each convert runs when its layer does and its copy dies with it. Values are
-    unchanged; nothing changes for float32 weights or on GPU / TPU (native bfloat16).
+    unchanged; nothing changes for float32 weights or in programs lowered for GPU / TPU (native
+    bfloat16; :func:`jaxhead.ops.platform.per_platform`).
     """
     x, *rest = args
     low = [a is not None and jnp.dtype(a.dtype) in (jnp.bfloat16, jnp.float16) for a in rest]
-    if any(low) and x is not None and jax.default_backend() == "cpu":
-        rest = [tie_to(a, x) if is_low else a for a, is_low in zip(rest, low, strict=True)]
+    if any(low) and x is not None:
+        def tie(x, rest):
+            with jax.named_scope(platform.CPU_WEIGHT_TIE):
+                return [tie_to(a, x) if is_low else a for a, is_low in zip(rest, low, strict=True)]
+
+        rest = platform.per_platform(x, rest, cpu=tie, accelerator=lambda x, rest: rest)
     return flax_dtypes.promote_dtype(x, *rest, dtype=dtype, inexact=inexact)
 
 

@@ -9,6 +9,9 @@ planned 84 MB of temporaries against 71 MB without remat; 34 MB with :func:`chec
 Here the backward makes every input of the recomputation (floats, integers, PRNG keys)
 depend on the output's cotangent (:func:`jaxhead.ops.depend.tie_to`), so it can only run
 when its backward does. Values and gradients are those of ``fn``.
+
+:func:`remat` picks per lowering platform: :func:`checkpoint` for CPU, ``jax.checkpoint`` with
+:data:`ACCELERATOR_POLICY` for GPU / TPU (whose schedulers keep the recomputation late).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxhead.ops import platform
 from jaxhead.ops.depend import tie_to
 
 
@@ -54,7 +58,8 @@ def checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
     def bwd(args, g):
         deps = [x for x in jax.tree.leaves(g) if _inexact(x)]
         if deps:  # every input (floats, integers, keys) waits for the cotangent
-            args = jax.tree.map(lambda x: _tie_any(x, deps[0]), args)
+            with jax.named_scope(platform.CPU_REMAT):
+                args = jax.tree.map(lambda x: _tie_any(x, deps[0]), args)
         _, vjp = jax.vjp(lambda t: fn(*t[0], **t[1]), args)
         return vjp(g)
 
@@ -62,5 +67,26 @@ def checkpoint(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         return call((args, kwargs))
+
+    return wrapped
+
+
+# What ``jax.checkpoint`` may keep from the forward pass on GPU / TPU: nothing but the inputs,
+# as :func:`checkpoint` on CPU (the rematerialised renders' largest activations are the
+# tri-plane samples and their MLP's dots, which are what remat is there not to hold).
+ACCELERATOR_POLICY = jax.checkpoint_policies.nothing_saveable
+
+
+def remat(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` rematerialised for the platform its program is lowered for: :func:`checkpoint`
+    (cotangent-tied) for CPU, ``jax.checkpoint(fn, policy=ACCELERATOR_POLICY)`` otherwise
+    (:func:`jaxhead.ops.platform.per_platform`). Arguments as for :func:`checkpoint`."""
+    cpu_fn = checkpoint(fn)
+    acc_fn = jax.checkpoint(fn, policy=ACCELERATOR_POLICY)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        return platform.per_platform(
+            (args, kwargs), cpu=lambda a: cpu_fn(*a[0], **a[1]),
+            accelerator=lambda a: acc_fn(*a[0], **a[1]))
 
     return wrapped

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxhead.ops import platform
+
 _DN = ("NHWC", "HWIO", "NHWC")
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
 
@@ -179,12 +181,13 @@ def _conv_bwd(pad, res, dy):
     # convolution is slower). The padded input is made channel-major once, so that windows are
     # [I, pixels] GEMM operands without a transpose each (3x3, 128 ch at 512 px: 1.84 -> 1.01 s).
     # Many pixels and few channels: im2col tiles; otherwise one GEMM per tap.
-    xt = jnp.transpose(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), (3, 0, 1, 2))
-    n, h, wd, _ = dy.shape
-    if x.shape[-1] <= 256 and n * h * wd >= 65536:
-        dw = _wgrad_rows(xt, dy, kh, kw)
-    else:
-        dw = _wgrad_taps(xt, dy, kh, kw)
+    with jax.named_scope(platform.CPU_WGRAD):
+        xt = jnp.transpose(jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), (3, 0, 1, 2))
+        n, h, wd, _ = dy.shape
+        if x.shape[-1] <= 256 and n * h * wd >= 65536:
+            dw = _wgrad_rows(xt, dy, kh, kw)
+        else:
+            dw = _wgrad_taps(xt, dy, kh, kw)
     return dx, dw.astype(w.dtype)
 
 
@@ -195,16 +198,16 @@ def conv2d_general(x: jax.Array, w: jax.Array,
                    pad: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     """Stride-1 correlation, HWIO weights, explicit ``((top, bottom), (left, right))`` padding.
 
-    On CPU the weight gradient is computed as GEMMs (custom VJP); elsewhere XLA's own. An
+    In programs lowered for CPU the weight gradient is computed as GEMMs (custom VJP); for
+    other platforms XLA's own (:func:`jaxhead.ops.platform.per_platform`). An
     unpadded 1x1 kernel is a plain GEMM over the channels (XLA:CPU's 1x1 convolution is several
     times slower than its dot, most of all for few output channels such as ToRGB's 3).
     """
     w = w.astype(x.dtype)
     if w.shape[:2] == (1, 1) and tuple(map(tuple, pad)) == ((0, 0), (0, 0)):
         return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
-    if jax.default_backend() == "cpu":
-        return _conv_fast_wgrad(x, w, pad)
-    return _conv(x, w, pad)
+    return platform.per_platform(x, w, cpu=lambda a, b: _conv_fast_wgrad(a, b, pad),
+                                 accelerator=lambda a, b: _conv(a, b, pad))
 
 
 def conv2d(x: jax.Array, w: jax.Array, padding: int) -> jax.Array:

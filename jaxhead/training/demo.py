@@ -46,16 +46,34 @@ from jaxhead.training.models import (
 from jaxhead.utils.compile import jit
 
 
-def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
+def abstract_demo_models(config, size: str = "full") -> tuple[Models, dict[str, Any]]:
+    """:func:`demo_models`' modules and the shapes and dtypes of its frozen params
+    (``jax.ShapeDtypeStruct``), built under ``jax.eval_shape``: nothing is drawn or allocated
+    (lowering the paper's step for another platform, XLA's memory plan)."""
+    box: dict[str, Models] = {}
+
+    def build():
+        box["models"], frozen = demo_models(config, size, draw=False)
+        return frozen
+
+    frozen = jax.eval_shape(build)
+    return box["models"], frozen
+
+
+def demo_models(config, size: str = "demo", draw: bool = True) -> tuple[Models, dict[str, Any]]:
     """PanoHead + SD stack with random weights built in code: ``size="demo"`` tiny models (the
     ``demo`` config), ``size="full"`` the released PanoHead and SD 1.5 architectures (for
-    benchmarks; about 2 GB of parameters)."""
+    benchmarks; about 2 GB of parameters). ``draw=False``: zeros for the weights drawn on the
+    host (see :func:`abstract_demo_models`)."""
     from jaxhead.models.panohead import PanoHeadConfig
-    from jaxhead.models.panohead.demo import demo_params
+    from jaxhead.models.panohead.demo import demo_config, demo_params
 
     seed = int(config.seed)
     full = size == "full"
-    if full:
+    if not draw:
+        G = PanoHead(PanoHeadConfig() if full else demo_config())
+        g_params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), G.param_shapes())
+    elif full:
         G = PanoHead(PanoHeadConfig())
         g_params = demo_params(G, seed)
     else:
@@ -70,7 +88,7 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
                                 remat=bool(config.remat))
         s = vae_mod.config.downscale
         vae_params = random_params(param_shapes(vae_mod, np.zeros((1, s, s, 3), np.float32)),
-                                   seed + 1)
+                                   seed + 1, draw)
     sched = NoiseSchedule.from_config({"beta_schedule": "scaled_linear", "beta_start": 0.00085,
                                        "beta_end": 0.012, "steps_offset": 1,
                                        "set_alpha_to_one": False})
@@ -78,10 +96,10 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
     if config.demo_teacher == "gaussian":
         teacher, t_params = gaussian_teacher(vae_mod, vae_params, alphas, G.image_size)
     else:
-        teacher, t_params = random_sd_teacher(config, seed, full)
+        teacher, t_params = random_sd_teacher(config, seed, full, draw)
     clip_cfg = clip_text.CLIPTextConfig() if full else clip_text.CLIPTextConfig(**DEMO_CLIP)
     clip = clip_text.CLIPTextModel(clip_cfg)
-    clip_params = random_params(param_shapes(clip, np.zeros((1, 77), np.int32)), seed + 9)
+    clip_params = random_params(param_shapes(clip, np.zeros((1, 77), np.int32)), seed + 9, draw)
     tok = DemoTokenizer(clip_cfg.vocab_size)
     text = text_embeddings(tok, clip, clip_params, config)
     depth, d_params = None, None
@@ -90,7 +108,7 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
 
         dcfg = da.CONFIGS["vitb"] if full else da.DepthAnythingConfig(**DEMO_DEPTH)
         depth = da.DepthAnythingV2(dcfg)
-        d_params = random_params(depth.param_shapes(), seed + 11)
+        d_params = random_params(depth.param_shapes(), seed + 11, draw)
     lpips_params = None
     if uses_lpips(config):  # the real AlexNet size (small), random weights
         from jaxhead.models import lpips as lpips_lib
@@ -106,15 +124,17 @@ def demo_models(config, size: str = "demo") -> tuple[Models, dict[str, Any]]:
     return models, frozen
 
 
-def random_sd_teacher(config, seed: int, full: bool) -> tuple[Teacher, dict[str, Any]]:
-    """A random-weight SD UNet and the config's ControlNets (tiny, or SD 1.5 size)."""
+def random_sd_teacher(config, seed: int, full: bool, draw: bool = True
+                      ) -> tuple[Teacher, dict[str, Any]]:
+    """A random-weight SD UNet and the config's ControlNets (tiny, or SD 1.5 size; zeros
+    without ``draw``)."""
     tdtype = jnp.bfloat16 if config.models.teacher_dtype == "bfloat16" else jnp.float32
     ucfg = UNetConfig() if full else UNetConfig(**DEMO_UNET)
     unet = UNet2DConditionModel(ucfg, dtype=tdtype)
     x = np.zeros((1, 8, 8, 4), np.float32)
     ctx = np.zeros((1, 77, ucfg.cross_attention_dim), np.float32)
     t = np.zeros((1,), np.int32)
-    unet_params = random_params(param_shapes(unet, x, t, ctx), seed + 2)
+    unet_params = random_params(param_shapes(unet, x, t, ctx), seed + 2, draw)
     cns, cn_params = [], {}
     for name in controlnet_names(config):
         ccfg = ControlNetConfig() if full else ControlNetConfig(
@@ -123,7 +143,7 @@ def random_sd_teacher(config, seed: int, full: bool) -> tuple[Teacher, dict[str,
         cn = ControlNetModel(ccfg, dtype=tdtype)
         ctl = np.zeros((1, 64, 64, 3), np.float32)
         cn_params[name] = random_params(param_shapes(cn, x, t, ctx, ctl, 1.0),
-                                        seed + DEMO_CONTROLNET_SEEDS.get(name, 5))
+                                        seed + DEMO_CONTROLNET_SEEDS.get(name, 5), draw)
         cns.append((name, cn))
     teacher = Teacher(unet, tuple(cns))
     if tdtype != jnp.float32:

@@ -42,12 +42,15 @@ class DemoTokenizer:
         return {"input_ids": ids}
 
 
-def random_params(shapes: Any, seed: int) -> Any:
+def random_params(shapes: Any, seed: int, draw: bool = True) -> Any:
     """Host-side random params for a shape tree: weights ~ N(0, 1/fan_in), norm scales 1,
-    biases small (no init compile; every path, zero-convs included, is active)."""
+    biases small (no init compile; every path, zero-convs included, is active). ``draw=False``:
+    float32 zeros from ``jnp.zeros`` (abstract under ``jax.eval_shape``)."""
+    if not draw:
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
     rng = np.random.default_rng(seed)
 
-    def draw(path, s):
+    def one(path, s):
         name = jax.tree_util.keystr(path)
         if name.endswith("['scale']"):
             return jnp.ones(s.shape, jnp.float32)
@@ -56,7 +59,7 @@ def random_params(shapes: Any, seed: int) -> Any:
         fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 1
         return jnp.asarray(rng.standard_normal(s.shape) / np.sqrt(max(fan_in, 1)), jnp.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, shapes)
+    return jax.tree_util.tree_map_with_path(one, shapes)
 
 
 __all__ = ["DEMO_CLIP", "DEMO_CONTROLNET_SEEDS", "DEMO_CONTROL_CHANNELS", "DEMO_DEPTH",

@@ -34,15 +34,15 @@ sg = jax.lax.stop_gradient
 
 
 def maybe_remat(fn: Callable, on: bool, static: tuple[str, ...] = ()) -> Callable:
-    """``fn`` rematerialised (:func:`jaxhead.ops.remat.checkpoint`: recomputed in the backward
-    pass, once the output's cotangent exists; keyword arguments in ``static`` treated as
-    static) or ``fn``."""
+    """``fn`` rematerialised (:func:`jaxhead.ops.remat.remat`: recomputed in the backward
+    pass; on CPU once the output's cotangent exists; keyword arguments in ``static`` treated
+    as static) or ``fn``."""
     if not on:
         return fn
 
     def wrapped(*args, **kwargs):
         st = {k: kwargs.pop(k) for k in static if k in kwargs}
-        return remat.checkpoint(functools.partial(fn, **st))(*args, **kwargs)
+        return remat.remat(functools.partial(fn, **st))(*args, **kwargs)
 
     return wrapped
 
